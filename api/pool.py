@@ -1,0 +1,48 @@
+"""What the front end knows of the worker pool: which engine it runs, whether anyone is alive."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from shared.capabilities import EngineInfo
+from shared.keys import Keys
+
+log = logging.getLogger("voxline.api.pool")
+
+
+class WorkerPool:
+    """Reads the workers' registry; cached briefly, since every new session asks."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, worker_ttl: float) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl = worker_ttl
+        self._cached: tuple[float, EngineInfo | None, int] = (0.0, None, 0)
+
+    async def live_workers(self) -> list[str]:
+        now = time.time()
+        ids = await self._redis.zrangebyscore(self._keys.workers, now - self._ttl, "+inf")
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    async def engine(self, max_age: float = 1.0) -> tuple[EngineInfo | None, int]:
+        """The pool's engine info (None: no live worker) and the number of live workers."""
+        at, info, count = self._cached
+        if time.monotonic() - at < max_age:
+            return info, count
+        ids = await self.live_workers()
+        info = None
+        names: set[str] = set()
+        for worker_id in ids:
+            raw = await self._redis.hget(self._keys.worker(worker_id), "info")
+            if raw is None:
+                continue
+            candidate = EngineInfo.unpack(raw)
+            names.add(candidate.name)
+            info = info or candidate
+        if len(names) > 1:
+            log.warning("workers on one jobs stream run different engines: %s", sorted(names))
+        self._cached = (time.monotonic(), info, len(ids))
+        return info, len(ids)

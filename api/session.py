@@ -1,0 +1,569 @@
+"""One WebSocket connection: the protocol state machine, its utterances, and the in-order relay.
+
+Two tasks run per connection. The receiver reads client messages, splits text into sentences
+and queues one job per sentence. The relay delivers the sentences of the oldest utterance
+strictly in order, while later sentences (synthesized in parallel by other workers) wait in
+their own buffers, so sentence N+1 is ready the moment N ends. All socket writes go through
+one lock, and every frame of a sentence is sent only after checking under that lock that its
+utterance is not cancelled: once `input.cancelled` is written, nothing of those sentences is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from api.hub import Hub
+from api.splitter import SentenceSplitter
+from shared import protocol
+from shared.capabilities import EngineInfo
+from shared.protocol import (
+    ClientMessage,
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    SessionConfig,
+)
+from shared.wire import Event, EventKind, Job
+
+log = logging.getLogger("voxline.api.session")
+
+
+class _Disconnected(Exception):
+    """The client went away."""
+
+
+@dataclass(eq=False)
+class Sentence:
+    index: int
+    text: str
+    enqueued_at: float  # monotonic
+    events: asyncio.Queue[Event | None] = field(default_factory=asyncio.Queue)
+    start_sent: bool = False
+    finished: bool = False  # audio.done sent
+    bytes_sent: int = 0
+    first_byte_ms: float | None = None
+    last_byte_ms: float | None = None
+
+
+@dataclass(eq=False)
+class Utterance:
+    index: int
+    splitter: SentenceSplitter
+    sentences: list[Sentence] = field(default_factory=list)
+    ended: bool = False  # input.done (or session.close) received
+    cancelled: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def undelivered(self) -> list[int]:
+        return [s.index for s in self.sentences if not s.finished]
+
+    def is_empty(self) -> bool:
+        return not self.sentences and self.splitter.pending_chars == 0
+
+
+class Session:
+    def __init__(self, ws: WebSocket, hub: Hub) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.settings = hub.settings
+        self.id = uuid.uuid4().hex
+        self.config = SessionConfig()
+        self.engine: EngineInfo | None = None
+        self.voice = ""
+        self.sample_rate = 0
+        self.utterances: deque[Utterance] = deque()
+        self._next_utterance = 0
+        self._live: dict[tuple[int, int], Sentence] = {}
+        self._send_lock = asyncio.Lock()
+        self._relay_wakeup = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._enqueued_any = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        if len(self.hub.sessions) >= self.settings.max_sessions:
+            await self._refuse(
+                ProtocolError(
+                    ErrorCode.OVERLOADED,
+                    f"this front end is at its limit of {self.settings.max_sessions} sessions",
+                    close=CloseCode.TRY_AGAIN_LATER,
+                )
+            )
+            return
+        self.hub.sessions.add(self)
+        try:
+            # Pre-connect: the audio channel is live before any sentence can be queued.
+            await self.hub.returns.open(self.id, self._on_event)
+            await self._configure(await self._first_message())
+            await self._serve()
+        except _Disconnected:
+            pass
+        except ProtocolError as exc:
+            await self._refuse(exc)
+        except Exception:
+            log.exception("session %s failed", self.id)
+            await self._refuse(
+                ProtocolError(
+                    ErrorCode.INTERNAL, "internal server error", close=CloseCode.INTERNAL_ERROR
+                )
+            )
+        finally:
+            self.hub.sessions.discard(self)
+            await self._release()
+
+    async def _serve(self) -> None:
+        receiver = asyncio.create_task(self._receive_loop(), name=f"recv-{self.id}")
+        relay = asyncio.create_task(self._relay_loop(), name=f"relay-{self.id}")
+        done, pending = await asyncio.wait({receiver, relay}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, _Disconnected):
+                await task
+        for task in done:
+            task.result()  # re-raise what ended the session
+
+    async def _release(self) -> None:
+        """Stop all outstanding work of this connection, in Redis and locally."""
+        self._closed = True
+        outstanding = any(u.undelivered for u in self.utterances)
+        for utt in self.utterances:
+            self._abandon(utt)
+        try:
+            if self._enqueued_any and outstanding:
+                await self.hub.queue.cancel(self.id)
+        except Exception:
+            log.exception("session %s: could not cancel its queued work", self.id)
+        finally:
+            await self.hub.returns.release(self.id)
+
+    async def _refuse(self, exc: ProtocolError) -> None:
+        await self._send_json(exc.to_message())
+        if exc.close is not None:
+            await self._close(exc.close)
+
+    async def _close(self, code: CloseCode) -> None:
+        async with self._send_lock:
+            self._closed = True
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await self.ws.close(int(code))
+
+    # --- receiving ------------------------------------------------------------------------
+
+    async def _read(self) -> str:
+        """One text frame; binary frames and oversize messages are client errors."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise _Disconnected
+        text = message.get("text")
+        if text is None:
+            raise ProtocolError(
+                ErrorCode.UNEXPECTED_BINARY, "binary frames are not accepted from the client"
+            )
+        limit = self.settings.max_message_bytes
+        if len(text) > limit // 4 and len(text.encode()) > limit:
+            raise ProtocolError(
+                ErrorCode.TEXT_TOO_LARGE, f"message is larger than {limit} bytes"
+            )
+        return text
+
+    async def _first_message(self) -> dict[str, Any]:
+        not_configured = "the first message must be session.config"
+        try:
+            raw = await asyncio.wait_for(self._read(), self.settings.config_timeout)
+        except TimeoutError:
+            raise ProtocolError(
+                ErrorCode.NOT_CONFIGURED,
+                f"no session.config within {self.settings.config_timeout:g} s",
+                close=CloseCode.POLICY_VIOLATION,
+            ) from None
+        except ProtocolError as exc:
+            raise ProtocolError(
+                ErrorCode.NOT_CONFIGURED,
+                f"{not_configured} ({exc.message})",
+                close=CloseCode.POLICY_VIOLATION,
+            ) from None
+        try:
+            message = protocol.parse_client_message(raw)
+        except ProtocolError as exc:
+            raise ProtocolError(
+                ErrorCode.NOT_CONFIGURED,
+                f"{not_configured} ({exc.message})",
+                close=CloseCode.POLICY_VIOLATION,
+            ) from None
+        if message.type != "session.config":
+            raise ProtocolError(
+                ErrorCode.NOT_CONFIGURED,
+                f"{not_configured}, got {message.type}",
+                close=CloseCode.POLICY_VIOLATION,
+            )
+        return message.data
+
+    async def _configure(self, data: dict[str, Any]) -> None:
+        engine, _ = await self.hub.pool.engine()
+        if engine is None:
+            raise ProtocolError(
+                ErrorCode.OVERLOADED,
+                "no TTS worker is available; try again later",
+                close=CloseCode.TRY_AGAIN_LATER,
+            )
+        self.config = protocol.parse_config(data, engine)
+        self.engine = engine
+        self.voice = self.config.voice or engine.default_voice
+        self.sample_rate = self.config.sample_rate or engine.sample_rate
+        await self._send_json(
+            protocol.session_ready(
+                self.id, self.config.response_format, self.sample_rate, self.voice, engine.name
+            )
+        )
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                raw = await asyncio.wait_for(self._read(), self.settings.idle_timeout)
+                message = protocol.parse_client_message(raw)
+            except TimeoutError:
+                if self._delivering():
+                    continue
+                await self._close(CloseCode.NORMAL)
+                return
+            except ProtocolError as exc:
+                # Errors of single messages leave the session as it was.
+                await self._send_json(exc.to_message())
+                continue
+            await self._handle(message)
+
+    async def _handle(self, message: ClientMessage) -> None:
+        kind = message.type
+        if kind == "input.text":
+            await self._on_text(message.text)
+        elif kind == "input.flush":
+            utt = self._current()
+            if utt is not None:
+                await self._enqueue_all(utt, utt.splitter.flush())
+        elif kind == "input.done":
+            await self._end_utterance(self._open_utterance())
+        elif kind == "input.cancel":
+            await self._cancel()
+        elif kind == "session.close":
+            self._closing = True
+            utt = self._current()
+            if utt is not None and not utt.is_empty():
+                await self._end_utterance(utt)
+            self._relay_wakeup.set()
+        elif kind == "session.config":
+            await self._reconfigure(message.data)
+
+    async def _on_text(self, text: str) -> None:
+        if self._closing:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "the session is closing")
+        utt = self._open_utterance()
+        limit = self.settings.max_buffer_chars
+        if utt.splitter.pending_chars + len(text) > limit:
+            raise ProtocolError(
+                ErrorCode.TEXT_TOO_LARGE,
+                f"buffered text would exceed {limit} characters; text refused",
+            )
+        await self._enqueue_all(utt, utt.splitter.feed(text))
+
+    async def _reconfigure(self, data: dict[str, Any]) -> None:
+        if any(not u.is_empty() for u in self.utterances):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "session.config is only accepted between utterances",
+            )
+        self.utterances.clear()
+        await self._configure(data)
+
+    # --- utterances -----------------------------------------------------------------------
+
+    def _current(self) -> Utterance | None:
+        """The utterance still taking text, if any."""
+        if self.utterances and not self.utterances[-1].ended:
+            return self.utterances[-1]
+        return None
+
+    def _open_utterance(self) -> Utterance:
+        utt = self._current()
+        if utt is None:
+            utt = Utterance(
+                self._next_utterance,
+                SentenceSplitter(
+                    max_sentence_chars=self.settings.max_sentence_chars,
+                    granularity=self.config.split_granularity,
+                ),
+            )
+            self._next_utterance += 1
+            self.utterances.append(utt)
+            self._relay_wakeup.set()
+        return utt
+
+    async def _end_utterance(self, utt: Utterance) -> None:
+        await self._enqueue_all(utt, utt.splitter.flush())
+        utt.ended = True
+        utt.changed.set()
+
+    async def _enqueue_all(self, utt: Utterance, texts: list[str]) -> None:
+        for text in texts:
+            sentence = Sentence(len(utt.sentences), text, time.monotonic())
+            # Registered before the job exists, so no event can arrive for an unknown sentence.
+            utt.sentences.append(sentence)
+            self._live[(utt.index, sentence.index)] = sentence
+            utt.changed.set()
+            self._enqueued_any = True
+            await self.hub.queue.enqueue(self._job(utt, sentence))
+
+    def _job(self, utt: Utterance, sentence: Sentence) -> Job:
+        config = self.config
+        return Job(
+            session_id=self.id,
+            utterance=utt.index,
+            sentence=sentence.index,
+            text=sentence.text,
+            voice=self.voice,
+            format=config.response_format,
+            sample_rate=self.sample_rate,
+            stream_audio=config.stream_audio,
+            speed=config.speed,
+            language=config.language,
+            word_timestamps=config.word_timestamps,
+            enqueued_at=time.time(),
+            extra=config.extra_fields(),
+        )
+
+    async def _cancel(self) -> None:
+        """Barge-in: every queued and in-flight sentence of this connection stops."""
+        self._open_utterance()  # a cancel always ends one utterance, even an empty one
+        victims = list(self.utterances)
+        self.utterances.clear()
+        for utt in victims:
+            utt.cancelled = True  # from here on the relay sends nothing of it
+            self._abandon(utt)
+        await self.hub.queue.cancel(self.id, [u.index for u in victims])
+        async with self._send_lock:
+            for utt in victims:
+                for sentence in utt.sentences:
+                    if sentence.start_sent and not sentence.finished:
+                        # Close the framing the client already saw open.
+                        await self._send_json_locked(
+                            self._done_message(utt, sentence, cancelled=True)
+                        )
+                await self._send_json_locked(
+                    protocol.input_cancelled(utt.index, utt.undelivered)
+                )
+        if self._closing:
+            await self._close(CloseCode.NORMAL)
+
+    def _abandon(self, utt: Utterance) -> None:
+        """Forget an utterance's sentences locally and wake a relay waiting on them."""
+        for sentence in utt.sentences:
+            self._live.pop((utt.index, sentence.index), None)
+            sentence.events.put_nowait(None)
+        utt.changed.set()
+        self._relay_wakeup.set()
+
+    def _delivering(self) -> bool:
+        return any(u.undelivered for u in self.utterances)
+
+    # --- return path ----------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        sentence = self._live.get((event.utterance, event.sentence))
+        if sentence is not None:
+            sentence.events.put_nowait(event)
+
+    # --- relay ----------------------------------------------------------------------------
+
+    async def _relay_loop(self) -> None:
+        while True:
+            if not self.utterances:
+                if self._closing:
+                    await self._close(CloseCode.NORMAL)
+                    return
+                self._relay_wakeup.clear()
+                await self._relay_wakeup.wait()
+                continue
+            utt = self.utterances[0]
+            await self._deliver_utterance(utt)
+            if self.utterances and self.utterances[0] is utt:
+                self.utterances.popleft()
+
+    async def _deliver_utterance(self, utt: Utterance) -> None:
+        position = 0
+        while not utt.cancelled:
+            if position < len(utt.sentences):
+                await self._deliver_sentence(utt, utt.sentences[position])
+                position += 1
+            elif utt.ended:
+                async with self._send_lock:
+                    if not utt.cancelled:
+                        await self._send_json_locked(
+                            protocol.session_done(utt.index, len(utt.sentences))
+                        )
+                return
+            else:
+                utt.changed.clear()
+                await utt.changed.wait()
+
+    async def _deliver_sentence(self, utt: Utterance, sentence: Sentence) -> None:
+        settings = self.settings
+        expected_seq = 0
+        started = False
+        try:
+            while True:
+                if started:
+                    wait = settings.stall_timeout
+                else:
+                    wait = settings.queue_timeout - (time.monotonic() - sentence.enqueued_at)
+                try:
+                    event = await asyncio.wait_for(sentence.events.get(), max(wait, 0.0))
+                except TimeoutError:
+                    reason = (
+                        f"the worker went silent for {settings.stall_timeout:g} s"
+                        if started
+                        else f"no worker took the sentence within {settings.queue_timeout:g} s"
+                    )
+                    await self._fail(utt, sentence, reason, stop_worker=True)
+                    return
+                if event is None:  # cancelled
+                    return
+                if event.seq != expected_seq:
+                    await self._fail(
+                        utt,
+                        sentence,
+                        f"audio lost on the return path (message {expected_seq} missing)",
+                        stop_worker=True,
+                    )
+                    return
+                expected_seq += 1
+                if event.kind is EventKind.STARTED:
+                    started = True
+                elif event.kind is EventKind.AUDIO:
+                    await self._send_audio(utt, sentence, event.data)
+                elif event.kind is EventKind.WORDS:
+                    await self._send_sentence_json(
+                        utt, sentence, protocol.audio_words(utt.index, sentence.index, event.data)
+                    )
+                elif event.kind is EventKind.DONE:
+                    await self._send_sentence_json(utt, sentence, None, finish=True)
+                    return
+                elif event.kind is EventKind.ERROR:
+                    await self._fail(utt, sentence, str(event.data), stop_worker=False)
+                    return
+        finally:
+            self._live.pop((utt.index, sentence.index), None)
+
+    async def _send_audio(self, utt: Utterance, sentence: Sentence, data: bytes) -> None:
+        if not data:
+            return
+        async with self._send_lock:
+            if not self._may_send(utt):
+                return
+            await self._send_start_locked(utt, sentence)
+            try:
+                await self.ws.send_bytes(data)
+            except Exception as exc:  # the peer is gone mid-write
+                raise _Disconnected from exc
+            sentence.bytes_sent += len(data)
+            sentence.last_byte_ms = self._ms_since(sentence)
+            if sentence.first_byte_ms is None:
+                sentence.first_byte_ms = sentence.last_byte_ms
+
+    async def _send_sentence_json(
+        self,
+        utt: Utterance,
+        sentence: Sentence,
+        message: dict[str, Any] | None,
+        *,
+        finish: bool = False,
+        error: bool = False,
+    ) -> None:
+        async with self._send_lock:
+            if not self._may_send(utt):
+                return
+            await self._send_start_locked(utt, sentence)
+            if message is not None:
+                await self._send_json_locked(message)
+            if finish:
+                await self._send_json_locked(self._done_message(utt, sentence, error=error))
+
+    async def _fail(
+        self, utt: Utterance, sentence: Sentence, reason: str, *, stop_worker: bool
+    ) -> None:
+        if stop_worker:
+            # No worker may start (or go on with) a sentence the client was told failed.
+            await self.hub.queue.cancel(self.id, [utt.index], sentence.index)
+        log.warning("session %s sentence %d/%d failed: %s", self.id, utt.index, sentence.index,
+                    reason)
+        await self._send_sentence_json(
+            utt,
+            sentence,
+            protocol.error(
+                ErrorCode.GENERATION_FAILED, reason, sentence_index=sentence.index
+            ),
+            finish=True,
+            error=True,
+        )
+
+    def _may_send(self, utt: Utterance) -> bool:
+        return not utt.cancelled and not self._closed
+
+    async def _send_start_locked(self, utt: Utterance, sentence: Sentence) -> None:
+        if sentence.start_sent:
+            return
+        sentence.start_sent = True
+        await self._send_json_locked(
+            protocol.audio_start(
+                utt.index,
+                sentence.index,
+                sentence.text,
+                self.config.response_format,
+                self.sample_rate,
+            )
+        )
+
+    def _done_message(
+        self, utt: Utterance, sentence: Sentence, *, error: bool = False, cancelled: bool = False
+    ) -> dict[str, Any]:
+        sentence.finished = True
+        return protocol.audio_done(
+            utt.index,
+            sentence.index,
+            sentence.bytes_sent,
+            error=error,
+            cancelled=cancelled,
+            first_byte_ms=sentence.first_byte_ms,
+            finish_ms=sentence.last_byte_ms,
+        )
+
+    @staticmethod
+    def _ms_since(sentence: Sentence) -> float:
+        return round((time.monotonic() - sentence.enqueued_at) * 1000, 1)
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def _send_json(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self._send_json_locked(message)
+
+    async def _send_json_locked(self, message: dict[str, Any]) -> None:
+        if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            await self.ws.send_json(message)
+        except Exception as exc:  # the peer is gone mid-write
+            raise _Disconnected from exc

@@ -1,0 +1,291 @@
+"""The WebSocket protocol: client message parsing, session.config validation, server messages,
+error and close codes. docs/protocol.md is the prose form; tests/api/ the executable one."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.audio.formats import STREAMABLE
+from shared.capabilities import EngineInfo
+
+PATH = "/v1/audio/speech/stream"
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_MESSAGE = "invalid_message"
+    UNEXPECTED_BINARY = "unexpected_binary"
+    TEXT_TOO_LARGE = "text_too_large"
+    NOT_CONFIGURED = "not_configured"
+    INVALID_CONFIG = "invalid_config"
+    OVERLOADED = "overloaded"
+    INTERNAL = "internal"
+    GENERATION_FAILED = "generation_failed"
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    POLICY_VIOLATION = 1008
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+class ProtocolError(Exception):
+    """A client mistake: answered with an `error` message, and a close when `close` is set."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        close: CloseCode | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close = close
+        self.field = field
+
+    def to_message(self) -> dict[str, Any]:
+        return error(self.code, self.message, field=self.field)
+
+
+# --- client -> server -------------------------------------------------------------------
+
+CLIENT_TYPES = frozenset(
+    {"session.config", "input.text", "input.flush", "input.cancel", "input.done", "session.close"}
+)
+
+# Accepted for vllm-omni compatibility; valid only where the engine says it honours them.
+COMPAT_FIELDS = (
+    "model",
+    "task_type",
+    "instructions",
+    "max_new_tokens",
+    "initial_codec_chunk_frames",
+    "ref_audio",
+    "ref_text",
+    "x_vector_only_mode",
+)
+LATER_FORMATS = ("opus", "mp3", "flac")
+
+
+class SessionConfig(BaseModel):
+    """`session.config` as the client sent it (engine-independent checks only)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    voice: str | None = None
+    response_format: Literal["wav", "pcm", "mulaw", "alaw"] = "wav"
+    stream_audio: bool = False
+    sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = None
+    speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
+    language: str = "Auto"
+    split_granularity: Literal["sentence", "clause"] = "sentence"
+    word_timestamps: bool = False
+    model: str | None = None
+    task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = None
+    instructions: str | None = None
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
+    initial_codec_chunk_frames: Annotated[int, Field(ge=1)] | None = None
+    ref_audio: str | None = None
+    ref_text: str | None = None
+    x_vector_only_mode: bool | None = None
+
+    def extra_fields(self) -> dict[str, Any]:
+        """The compatibility fields the client set (passed through to the engine)."""
+        return {
+            name: getattr(self, name)
+            for name in COMPAT_FIELDS
+            if name not in ("model", "task_type") and getattr(self, name) is not None
+        }
+
+
+def _invalid_config(field: str, message: str) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.INVALID_CONFIG,
+        f"{field}: {message}",
+        close=CloseCode.POLICY_VIOLATION,
+        field=field,
+    )
+
+
+def parse_config(data: dict[str, Any], engine: EngineInfo) -> SessionConfig:
+    """Validate a `session.config` message against the contract and the engine pool."""
+    body = {k: v for k, v in data.items() if k != "type"}
+    fmt = body.get("response_format")
+    if fmt in LATER_FORMATS:
+        raise _invalid_config("response_format", f"{fmt!r} is not supported yet")
+    try:
+        config = SessionConfig.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "session.config"
+        if first["type"] == "extra_forbidden":
+            raise _invalid_config(field, "unknown field") from None
+        raise _invalid_config(field, first["msg"]) from None
+    check_engine(config, engine)
+    return config
+
+
+def check_engine(config: SessionConfig, engine: EngineInfo) -> None:
+    """Refuse what the engine cannot honour, naming the field: never ignore it silently."""
+    if config.voice is not None and config.voice not in engine.voices:
+        shown = ", ".join(engine.voices[:20]) + (", ..." if len(engine.voices) > 20 else "")
+        raise _invalid_config(
+            "voice", f"unknown voice {config.voice!r} for engine {engine.name} ({shown})"
+        )
+    if config.stream_audio and config.response_format not in STREAMABLE:
+        raise _invalid_config(
+            "stream_audio",
+            f"{config.response_format} cannot be streamed; use one of {sorted(STREAMABLE)}",
+        )
+    low, high = engine.speed_range
+    if not low <= config.speed <= high:
+        raise _invalid_config(
+            "speed", f"engine {engine.name} honours speed {low:.2f}..{high:.2f}"
+        )
+    if config.language != "Auto" and config.language not in engine.languages:
+        raise _invalid_config(
+            "language", f"engine {engine.name} does not speak {config.language!r}"
+        )
+    if config.word_timestamps and not engine.word_timestamps:
+        raise _invalid_config("word_timestamps", f"engine {engine.name} cannot time words")
+    if config.model is not None and config.model != engine.name:
+        raise _invalid_config(
+            "model", f"this pool runs engine {engine.name!r}, not {config.model!r}"
+        )
+    if config.task_type is not None and config.task_type not in engine.task_types:
+        raise _invalid_config(
+            "task_type", f"engine {engine.name} supports {list(engine.task_types)}"
+        )
+    for name in config.extra_fields():
+        if name not in engine.extra_fields:
+            raise _invalid_config(name, f"engine {engine.name} cannot honour this field")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    type: str
+    data: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return self.data["text"]
+
+
+def parse_client_message(raw: str) -> ClientMessage:
+    """Parse one text frame; raise ProtocolError for anything the contract calls invalid."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "message is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message has no string 'type'")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    if kind == "input.text" and not isinstance(data.get("text"), str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "input.text needs a string 'text'")
+    return ClientMessage(kind, data)
+
+
+# --- server -> client -------------------------------------------------------------------
+
+
+def session_ready(
+    session_id: str, fmt: str, sample_rate: int, voice: str, engine: str
+) -> dict[str, Any]:
+    return {
+        "type": "session.ready",
+        "session_id": session_id,
+        "format": fmt,
+        "sample_rate": sample_rate,
+        "voice": voice,
+        "engine": engine,
+    }
+
+
+def audio_start(
+    utterance: int, sentence: int, text: str, fmt: str, sample_rate: int
+) -> dict[str, Any]:
+    return {
+        "type": "audio.start",
+        "utterance_index": utterance,
+        "sentence_index": sentence,
+        "sentence_text": text,
+        "format": fmt,
+        "sample_rate": sample_rate,
+    }
+
+
+def audio_done(
+    utterance: int,
+    sentence: int,
+    total_bytes: int,
+    *,
+    error: bool = False,
+    cancelled: bool = False,
+    first_byte_ms: float | None = None,
+    finish_ms: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "audio.done",
+        "utterance_index": utterance,
+        "sentence_index": sentence,
+        "total_bytes": total_bytes,
+        "error": error,
+        "cancelled": cancelled,
+        "first_byte_ms": first_byte_ms,
+        "finish_ms": finish_ms,
+    }
+
+
+def audio_words(utterance: int, sentence: int, words: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "type": "audio.words",
+        "utterance_index": utterance,
+        "sentence_index": sentence,
+        "words": words,
+    }
+
+
+def session_done(utterance: int, total_sentences: int) -> dict[str, Any]:
+    return {
+        "type": "session.done",
+        "utterance_index": utterance,
+        "total_sentences": total_sentences,
+    }
+
+
+def input_cancelled(utterance: int, cancelled_sentences: list[int]) -> dict[str, Any]:
+    return {
+        "type": "input.cancelled",
+        "utterance_index": utterance,
+        "cancelled_sentences": cancelled_sentences,
+    }
+
+
+def error(
+    code: ErrorCode,
+    message: str,
+    *,
+    sentence_index: int | None = None,
+    field: str | None = None,
+) -> dict[str, Any]:
+    msg: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
+    if sentence_index is not None:
+        msg["sentence_index"] = sentence_index
+    if field is not None:
+        msg["field"] = field
+    return msg

@@ -1,0 +1,108 @@
+"""The msgpack wire codec between front end and workers: jobs, return-path events, cancels."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One sentence to synthesize, as queued on the jobs stream."""
+
+    session_id: str
+    utterance: int
+    sentence: int
+    text: str
+    voice: str
+    format: str = "wav"
+    sample_rate: int = 0  # 0: the engine's native rate
+    stream_audio: bool = False
+    speed: float = 1.0
+    language: str = "Auto"
+    word_timestamps: bool = False
+    enqueued_at: float = 0.0  # unix seconds, for queue-latency metrics
+    extra: dict[str, Any] = field(default_factory=dict)  # compatibility fields the engine honours
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            [
+                self.session_id,
+                self.utterance,
+                self.sentence,
+                self.text,
+                self.voice,
+                self.format,
+                self.sample_rate,
+                self.stream_audio,
+                self.speed,
+                self.language,
+                self.word_timestamps,
+                self.enqueued_at,
+                self.extra,
+            ]
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Job:
+        return cls(*msgpack.unpackb(data))
+
+
+class EventKind(enum.IntEnum):
+    STARTED = 0  # a worker took the job (carries the worker id)
+    AUDIO = 1  # encoded audio bytes
+    WORDS = 2  # word timestamps
+    DONE = 3  # the sentence is complete
+    ERROR = 4  # generation failed; no more events for this sentence
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One return-path message for one sentence.
+
+    `seq` counts 0, 1, 2, ... per sentence, so the front end can tell a lost message from
+    a slow one: several workers may publish on the same session channel at once, so a
+    per-session counter would need coordination; a per-sentence one does not.
+    """
+
+    kind: EventKind
+    utterance: int
+    sentence: int
+    seq: int
+    data: Any = None
+
+    def pack(self) -> bytes:
+        return msgpack.packb([int(self.kind), self.utterance, self.sentence, self.seq, self.data])
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Event:
+        kind, utterance, sentence, seq, payload = msgpack.unpackb(data)
+        return cls(EventKind(kind), utterance, sentence, seq, payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Broadcast to workers: stop in-flight work matching this session (and utterance)."""
+
+    session_id: str
+    utterance: int | None = None  # None: the whole session
+    sentence: int | None = None  # None: the whole utterance
+
+    def pack(self) -> bytes:
+        return msgpack.packb([self.session_id, self.utterance, self.sentence])
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Cancel:
+        return cls(*msgpack.unpackb(data))
+
+    def matches(self, job: Job) -> bool:
+        if job.session_id != self.session_id:
+            return False
+        if self.utterance is None:
+            return True
+        if job.utterance != self.utterance:
+            return False
+        return self.sentence is None or job.sentence == self.sentence

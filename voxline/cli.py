@@ -1,0 +1,168 @@
+"""The `voxline` command: serve (embedded), api, worker, say."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+from shared.config import DEFAULT_REDIS_URL, Settings
+
+DEFAULT_PORT = 8000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxline", description=__doc__)
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve", help="API and a worker in one process over in-memory Redis (no server needed)"
+    )
+    _add_http(serve, host="127.0.0.1")
+    _add_engine(serve, default="espeak")
+    serve.add_argument(
+        "--redis-url", default="memory://", help="default: in-memory (memory://)"
+    )
+
+    api = sub.add_parser("api", help="the WebSocket front end (distributed mode)")
+    _add_http(api, host="0.0.0.0")
+    api.add_argument("--redis-url", default=None, help=f"default: {DEFAULT_REDIS_URL}")
+
+    worker = sub.add_parser("worker", help="a TTS worker (distributed mode)")
+    worker.add_argument("--redis-url", default=None, help=f"default: {DEFAULT_REDIS_URL}")
+    _add_engine(worker, default="espeak")
+    worker.add_argument("--worker-id", default=None, help="unique consumer name")
+
+    say = sub.add_parser("say", help="stream text to a voxline server and write the audio")
+    say.add_argument("text", nargs="?", help="the text; '-' or absent reads stdin piece by piece")
+    say.add_argument("-o", "--output", default=None, help="write a WAV file (default: play)")
+    say.add_argument("--url", default=f"ws://127.0.0.1:{DEFAULT_PORT}")
+    say.add_argument("--voice", default=None)
+    say.add_argument("--speed", type=float, default=None)
+    say.add_argument("--language", default=None)
+    say.add_argument("--sample-rate", type=int, default=None)
+    return parser
+
+
+def _add_http(parser: argparse.ArgumentParser, *, host: str) -> None:
+    parser.add_argument("--host", default=host)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--key-prefix", default=None, help="Redis key prefix (default voxline)")
+
+
+def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
+    parser.add_argument("--engine", default=default, help="espeak (default) or tone")
+    parser.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine option, repeatable (e.g. --engine-opt rtf=0.5 for tone)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="sentences this worker synthesizes at once"
+    )
+    if "--key-prefix" not in parser._option_string_actions:
+        parser.add_argument("--key-prefix", default=None, help="Redis key prefix")
+
+
+def _engine_options(pairs: Sequence[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--engine-opt wants KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(redis_url=args.redis_url, key_prefix=args.key_prefix)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "say":
+        from voxline.say import run_say
+
+        return run_say(args)
+    if args.command == "worker":
+        return _run_worker(args)
+    return _run_http(args)
+
+
+def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from worker.engines import load_engine
+
+    try:
+        return load_engine(args.engine, _engine_options(args.engine_opt))
+    except ValueError as exc:
+        raise SystemExit(f"voxline: {exc}") from None
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from worker.consumer import Worker
+
+    worker = Worker(
+        _settings(args), _make_engine(args), worker_id=args.worker_id,
+        concurrency=args.concurrency,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_until_signal(worker.run()))
+    return 0
+
+
+async def _until_signal(coro) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _run_http(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings(args)
+    sidecar = None
+    if args.command == "serve":
+        from worker.consumer import Worker
+
+        engine = _make_engine(args)
+
+        @contextlib.asynccontextmanager
+        async def sidecar() -> AsyncIterator[None]:
+            worker = Worker(settings, engine, concurrency=args.concurrency)
+            task = asyncio.create_task(worker.run())
+            ready = asyncio.create_task(worker.ready.wait())
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # the worker failed to start: say why, loudly
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = create_app(settings, sidecar=sidecar)
+    where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"
+    print(f"voxline {args.command}: {where}  (redis: {settings.redis_url})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

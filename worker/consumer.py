@@ -1,0 +1,219 @@
+"""The worker: takes sentence jobs from the stream's consumer group, synthesizes them with its
+engine, publishes the audio, acknowledges when done."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import asdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.audio.formats import SentenceEncoder
+from shared.config import Settings
+from shared.connections import connect
+from shared.keys import JOBS_GROUP, Keys
+from shared.streams import ensure_jobs_group
+from shared.wire import EventKind, Job
+from worker.cancellations import CancelListener, InFlight, is_cancelled
+from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
+from worker.publisher import SentencePublisher
+from worker.registry import Registration
+
+log = logging.getLogger("voxline.worker")
+
+# Upper bound of one blocking read; a job wakes the read at once, this only bounds how long
+# a stop request waits.
+_BLOCK_MS = 5000
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        worker_id: str | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.settings = settings
+        self.engine = engine
+        self.id = worker_id or new_worker_id()
+        self.concurrency = concurrency
+        self.keys = Keys(settings.key_prefix)
+        self.in_flight = InFlight()
+        self.ready = asyncio.Event()
+        self._redis: aioredis.Redis | None = None
+        self._registration: Registration | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self._registration.stats if self._registration else {}
+
+    async def run(self) -> None:
+        """Serve jobs until cancelled; in-flight jobs are finished (bounded) on the way out."""
+        await self.engine.start()
+        self._redis = redis = connect(self.settings.redis_url)
+        reader = connect(self.settings.redis_url, blocking=True)
+        self._registration = Registration(
+            redis,
+            self.keys,
+            self.id,
+            self.engine.info,
+            interval=self.settings.heartbeat_interval,
+            ttl=self.settings.worker_ttl,
+        )
+        listener = CancelListener(self.settings.redis_url, self.keys, self.in_flight)
+        try:
+            await ensure_jobs_group(redis, self.keys)
+            await listener.start()
+            await self._registration.start()
+            self.ready.set()
+            log.info(
+                "worker %s: engine %s, concurrency %d", self.id, self.engine.info.name,
+                self.concurrency,
+            )
+            await self._consume(reader)
+        finally:
+            await self._drain()
+            await self._registration.stop()
+            await listener.close()
+            await reader.aclose()
+            await redis.aclose()
+            await self.engine.close()
+
+    async def _consume(self, reader: aioredis.Redis) -> None:
+        slots = asyncio.Semaphore(self.concurrency)
+        while True:
+            # Take only as many jobs as there are free slots, so that the sentences of one
+            # session spread over the pool instead of queueing behind one worker.
+            await slots.acquire()
+            free = 1
+            while not slots.locked():
+                await slots.acquire()
+                free += 1
+            try:
+                reply = await reader.xreadgroup(
+                    JOBS_GROUP, self.id, {self.keys.jobs: ">"}, count=free, block=_BLOCK_MS
+                )
+            except ResponseError as exc:
+                for _ in range(free):
+                    slots.release()
+                if "NOGROUP" not in str(exc):
+                    raise
+                await ensure_jobs_group(self._redis, self.keys)  # the stream was deleted
+                continue
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                for _ in range(free):
+                    slots.release()
+                log.warning("jobs stream unreachable (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            entries = [entry for _stream, batch in (reply or []) for entry in batch]
+            for _ in range(free - len(entries)):
+                slots.release()
+            for entry_id, fields in entries:
+                task = asyncio.create_task(self._process(entry_id, fields, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, grace: float = 10.0) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _process(
+        self, entry_id: bytes, fields: dict[bytes, bytes], slots: asyncio.Semaphore
+    ) -> None:
+        redis = self._redis
+        assert redis is not None and self._registration is not None
+        counts = {"taken": 1}
+        try:
+            job = Job.unpack(fields[b"j"])
+        except Exception:
+            log.exception("dropping malformed job %r", entry_id)
+            job = None
+        try:
+            if job is not None:
+                token = self.in_flight.add(job)
+                try:
+                    # After add(): a cancel either is already marked here or will find the job
+                    # in flight (the front end marks before it notifies).
+                    if await is_cancelled(redis, self.keys, job):
+                        counts["skipped_cancelled"] = 1
+                    else:
+                        counts.update(await self._synthesize(redis, job, token))
+                finally:
+                    self.in_flight.remove(token)
+        finally:
+            slots.release()
+            with contextlib.suppress(Exception):
+                async with redis.pipeline(transaction=False) as pipe:
+                    pipe.xack(self.keys.jobs, JOBS_GROUP, entry_id)
+                    pipe.xdel(self.keys.jobs, entry_id)
+                    self._registration.count(pipe, **counts)
+                    await pipe.execute()
+
+    async def _synthesize(
+        self, redis: aioredis.Redis, job: Job, token: Cancellation
+    ) -> dict[str, int]:
+        info = self.engine.info
+        publisher = SentencePublisher(redis, self.keys.audio_channel(job.session_id), job)
+        await publisher.send(EventKind.STARTED, self.id)
+        encoder = SentenceEncoder(
+            job.format, info.sample_rate, job.sample_rate or info.sample_rate,
+            stream=job.stream_audio,
+        )
+        request = SynthesisRequest(
+            text=job.text,
+            voice=job.voice,
+            language=job.language,
+            speed=job.speed,
+            word_timestamps=job.word_timestamps,
+        )
+        counts = {"started": 1, "chunks": 0}
+        try:
+            async with contextlib.aclosing(self.engine.synthesize(request, token)) as chunks:
+                async for chunk in chunks:
+                    if token.is_set():
+                        counts["chunks_after_cancel"] = 1
+                        break
+                    counts["chunks"] += 1
+                    if job.word_timestamps and chunk.words:
+                        await publisher.send(EventKind.WORDS, [asdict(w) for w in chunk.words])
+                    data = encoder.encode(chunk.pcm)
+                    if data:
+                        await publisher.send(EventKind.AUDIO, data)
+            if token.is_set():
+                counts["cancelled"] = 1
+                return counts  # the front end has moved on: say nothing more
+            tail = encoder.finish()
+            if tail:
+                await publisher.send(EventKind.AUDIO, tail)
+            await publisher.send(EventKind.DONE, publisher.audio_bytes)
+            counts["completed"] = 1
+        except EngineError as exc:
+            counts["failed"] = 1
+            await publisher.send(EventKind.ERROR, str(exc))
+        except Exception as exc:
+            log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
+            counts["failed"] = 1
+            await publisher.send(EventKind.ERROR, f"engine failure: {type(exc).__name__}")
+        return counts

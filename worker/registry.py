@@ -1,0 +1,101 @@
+"""A worker's entry in the pool registry: engine info for the front end, a heartbeat for
+/readyz, and counters an operator (or a test) reads to see what the worker did."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import redis.asyncio as aioredis
+
+from shared.capabilities import EngineInfo
+from shared.keys import Keys
+
+log = logging.getLogger("voxline.worker.registry")
+
+COUNTERS = (
+    "taken",  # jobs read from the stream
+    "started",  # jobs whose synthesis began
+    "skipped_cancelled",  # jobs never started because they were cancelled while queued
+    "completed",
+    "cancelled",  # in-flight jobs stopped by a cancel
+    "failed",
+    "chunks",  # engine chunks generated
+    "chunks_after_cancel",  # chunks the engine produced after the cancel flag was set
+)
+
+
+class Registration:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        worker_id: str,
+        info: EngineInfo,
+        *,
+        interval: float,
+        ttl: float,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._id = worker_id
+        self._info = info
+        self._interval = interval
+        self._ttl = ttl
+        self._task: asyncio.Task[None] | None = None
+        self.stats: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+
+    async def start(self) -> None:
+        key = self._keys.worker(self._id)
+        await self._redis.hset(
+            key,
+            mapping={
+                "info": self._info.pack(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": time.time(),
+                **dict.fromkeys(COUNTERS, 0),
+            },
+        )
+        await self._beat()
+        self._task = asyncio.create_task(self._loop(), name="voxline-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self._keys.workers, self._id)
+                pipe.delete(self._keys.worker(self._id))
+                await pipe.execute()
+
+    def count(self, pipe: aioredis.client.Pipeline, **deltas: int) -> None:
+        """Add counter deltas locally and to `pipe` (sent with the job's acknowledgement)."""
+        key = self._keys.worker(self._id)
+        for name, delta in deltas.items():
+            if delta:
+                self.stats[name] += delta
+                pipe.hincrby(key, name, delta)
+
+    async def _beat(self) -> None:
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.expire(self._keys.worker(self._id), int(self._ttl) + 1)
+            pipe.zadd(self._keys.workers, {self._id: now})
+            # Entries of workers that died without deregistering.
+            pipe.zremrangebyscore(self._keys.workers, "-inf", now - 10 * self._ttl)
+            await pipe.execute()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._beat()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
