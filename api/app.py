@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
@@ -57,5 +57,3 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
         return JSONResponse(checks, status_code=200 if ready else 503)
 
     return app
-
-

@@ -176,9 +176,7 @@ class Session:
             )
         limit = self.settings.max_message_bytes
         if len(text) > limit // 4 and len(text.encode()) > limit:
-            raise ProtocolError(
-                ErrorCode.TEXT_TOO_LARGE, f"message is larger than {limit} bytes"
-            )
+            raise ProtocolError(ErrorCode.TEXT_TOO_LARGE, f"message is larger than {limit} bytes")
         return text
 
     async def _first_message(self) -> dict[str, Any]:
@@ -362,9 +360,7 @@ class Session:
                         await self._send_json_locked(
                             self._done_message(utt, sentence, cancelled=True)
                         )
-                await self._send_json_locked(
-                    protocol.input_cancelled(utt.index, utt.undelivered)
-                )
+                await self._send_json_locked(protocol.input_cancelled(utt.index, utt.undelivered))
         if self._closing:
             await self._close(CloseCode.NORMAL)
 
@@ -507,14 +503,13 @@ class Session:
         if stop_worker:
             # No worker may start (or go on with) a sentence the client was told failed.
             await self.hub.queue.cancel(self.id, [utt.index], sentence.index)
-        log.warning("session %s sentence %d/%d failed: %s", self.id, utt.index, sentence.index,
-                    reason)
+        log.warning(
+            "session %s sentence %d/%d failed: %s", self.id, utt.index, sentence.index, reason
+        )
         await self._send_sentence_json(
             utt,
             sentence,
-            protocol.error(
-                ErrorCode.GENERATION_FAILED, reason, sentence_index=sentence.index
-            ),
+            protocol.error(ErrorCode.GENERATION_FAILED, reason, sentence_index=sentence.index),
             finish=True,
             error=True,
         )

@@ -150,9 +150,7 @@ def check_engine(config: SessionConfig, engine: EngineInfo) -> None:
         )
     low, high = engine.speed_range
     if not low <= config.speed <= high:
-        raise _invalid_config(
-            "speed", f"engine {engine.name} honours speed {low:.2f}..{high:.2f}"
-        )
+        raise _invalid_config("speed", f"engine {engine.name} honours speed {low:.2f}..{high:.2f}")
     if config.language != "Auto" and config.language not in engine.languages:
         raise _invalid_config(
             "language", f"engine {engine.name} does not speak {config.language!r}"

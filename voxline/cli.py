@@ -24,9 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_http(serve, host="127.0.0.1")
     _add_engine(serve, default="espeak")
-    serve.add_argument(
-        "--redis-url", default="memory://", help="default: in-memory (memory://)"
-    )
+    serve.add_argument("--redis-url", default="memory://", help="default: in-memory (memory://)")
 
     api = sub.add_parser("api", help="the WebSocket front end (distributed mode)")
     _add_http(api, host="0.0.0.0")
@@ -36,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis-url", default=None, help=f"default: {DEFAULT_REDIS_URL}")
     _add_engine(worker, default="espeak")
     worker.add_argument("--worker-id", default=None, help="unique consumer name")
+    worker.add_argument(
+        "--heartbeat-file", default=None, help="touched on every heartbeat (container healthcheck)"
+    )
 
     say = sub.add_parser("say", help="stream text to a voxline server and write the audio")
     say.add_argument("text", nargs="?", help="the text; '-' or absent reads stdin piece by piece")
@@ -111,8 +112,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     from worker.consumer import Worker
 
     worker = Worker(
-        _settings(args), _make_engine(args), worker_id=args.worker_id,
+        _settings(args),
+        _make_engine(args),
+        worker_id=args.worker_id,
         concurrency=args.concurrency,
+        heartbeat_file=args.heartbeat_file,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_until_signal(worker.run()))

@@ -19,8 +19,20 @@ from shared.protocol import PATH
 PLAYERS = (
     ["aplay", "-q", "-f", "S16_LE", "-c", "1", "-r", "{rate}"],
     ["paplay", "--raw", "--format=s16le", "--channels=1", "--rate={rate}"],
-    ["ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet", "-f", "s16le", "-ac", "1",
-     "-ar", "{rate}", "-"],
+    [
+        "ffplay",
+        "-nodisp",
+        "-autoexit",
+        "-loglevel",
+        "quiet",
+        "-f",
+        "s16le",
+        "-ac",
+        "1",
+        "-ar",
+        "{rate}",
+        "-",
+    ],
 )
 
 
@@ -77,8 +89,10 @@ async def say(args: argparse.Namespace) -> int:
         if args.output is None:
             player = _player(rate)
             if player is None:
-                print("voxline say: no audio player (aplay, paplay, ffplay) found; use -o FILE",
-                      file=sys.stderr)
+                print(
+                    "voxline say: no audio player (aplay, paplay, ffplay) found; use -o FILE",
+                    file=sys.stderr,
+                )
                 return 2
         started = time.perf_counter()
         first_audio: float | None = None
@@ -94,8 +108,10 @@ async def say(args: argparse.Namespace) -> int:
             if isinstance(frame, bytes):
                 if first_audio is None:
                     first_audio = time.perf_counter()
-                    print(f"first audio after {(first_audio - started) * 1000:.0f} ms",
-                          file=sys.stderr)
+                    print(
+                        f"first audio after {(first_audio - started) * 1000:.0f} ms",
+                        file=sys.stderr,
+                    )
                 audio += frame
                 if player is not None and player.stdin is not None:
                     player.stdin.write(frame)
@@ -104,12 +120,13 @@ async def say(args: argparse.Namespace) -> int:
             message = json.loads(frame)
             kind = message.get("type")
             if kind == "audio.start":
-                print(f"[{message['sentence_index']}] {message['sentence_text']}",
-                      file=sys.stderr)
+                print(f"[{message['sentence_index']}] {message['sentence_text']}", file=sys.stderr)
             elif kind == "audio.done":
-                print(f"    first byte {message['first_byte_ms']} ms, "
-                      f"finish {message['finish_ms']} ms, {message['total_bytes']} bytes",
-                      file=sys.stderr)
+                print(
+                    f"    first byte {message['first_byte_ms']} ms, "
+                    f"finish {message['finish_ms']} ms, {message['total_bytes']} bytes",
+                    file=sys.stderr,
+                )
             elif kind == "error":
                 print(f"voxline say: {message['code']}: {message['message']}", file=sys.stderr)
                 status = 1

@@ -46,6 +46,7 @@ class Worker:
         *,
         worker_id: str | None = None,
         concurrency: int = 1,
+        heartbeat_file: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -53,6 +54,7 @@ class Worker:
         self.engine = engine
         self.id = worker_id or new_worker_id()
         self.concurrency = concurrency
+        self.heartbeat_file = heartbeat_file
         self.keys = Keys(settings.key_prefix)
         self.in_flight = InFlight()
         self.ready = asyncio.Event()
@@ -76,6 +78,7 @@ class Worker:
             self.engine.info,
             interval=self.settings.heartbeat_interval,
             ttl=self.settings.worker_ttl,
+            heartbeat_file=self.heartbeat_file,
         )
         listener = CancelListener(self.settings.redis_url, self.keys, self.in_flight)
         try:
@@ -84,7 +87,9 @@ class Worker:
             await self._registration.start()
             self.ready.set()
             log.info(
-                "worker %s: engine %s, concurrency %d", self.id, self.engine.info.name,
+                "worker %s: engine %s, concurrency %d",
+                self.id,
+                self.engine.info.name,
                 self.concurrency,
             )
             await self._consume(reader)
@@ -178,7 +183,9 @@ class Worker:
         publisher = SentencePublisher(redis, self.keys.audio_channel(job.session_id), job)
         await publisher.send(EventKind.STARTED, self.id)
         encoder = SentenceEncoder(
-            job.format, info.sample_rate, job.sample_rate or info.sample_rate,
+            job.format,
+            info.sample_rate,
+            job.sample_rate or info.sample_rate,
             stream=job.stream_audio,
         )
         request = SynthesisRequest(

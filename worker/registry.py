@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -39,6 +40,7 @@ class Registration:
         *,
         interval: float,
         ttl: float,
+        heartbeat_file: str | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -46,6 +48,7 @@ class Registration:
         self._info = info
         self._interval = interval
         self._ttl = ttl
+        self._heartbeat_file = heartbeat_file
         self._task: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
@@ -91,6 +94,8 @@ class Registration:
             # Entries of workers that died without deregistering.
             pipe.zremrangebyscore(self._keys.workers, "-inf", now - 10 * self._ttl)
             await pipe.execute()
+        if self._heartbeat_file:
+            Path(self._heartbeat_file).touch()
 
     async def _loop(self) -> None:
         while True:

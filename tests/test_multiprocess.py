@@ -1,0 +1,183 @@
+"""The distributed mode for real: `voxline api` and two `voxline worker` processes on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import real_redis_or_fail
+from tests.harness import REDIS_URL, Client
+
+pytestmark = pytest.mark.multiprocess
+
+
+@dataclass
+class Stack:
+    url: str
+    http: str
+    ws_url: str
+    prefix: str
+    worker_ids: list[str]
+
+    def worker_stats(self) -> dict[str, dict[str, int]]:
+        client = redis.Redis.from_url(REDIS_URL)
+        stats = {}
+        for worker_id in self.worker_ids:
+            raw = client.hgetall(f"{self.prefix}:worker:{worker_id}")
+            stats[worker_id] = {
+                k.decode(): int(v)
+                for k, v in raw.items()
+                if k not in (b"info", b"host") and v.isdigit()
+            }
+        client.close()
+        return stats
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    real_redis_or_fail()
+    prefix = f"vxmp-{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    common = ["--redis-url", REDIS_URL, "--key-prefix", prefix]
+    worker_ids = [f"w{i}-{prefix}" for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voxline",
+                "--log-level",
+                "warning",
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *common,
+            ],
+            env=env,
+        )
+    ]
+    for worker_id in worker_ids:
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "voxline",
+                    "--log-level",
+                    "warning",
+                    "worker",
+                    *common,
+                    "--engine",
+                    "tone",
+                    "--engine-opt",
+                    "rtf=0.25",
+                    "--engine-opt",
+                    "chunk_ms=40",
+                    "--concurrency",
+                    "4",
+                    "--worker-id",
+                    worker_id,
+                ],
+                env=env,
+            )
+        )
+    http = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            for proc in procs:
+                assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+            try:
+                ready = httpx.get(f"{http}/readyz", timeout=1)
+                if ready.status_code == 200 and ready.json()["workers"] == 2:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the stack did not become ready"
+            time.sleep(0.1)
+        url = f"ws://127.0.0.1:{port}"
+        yield Stack(url, http, url + "/v1/audio/speech/stream", prefix, worker_ids)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+async def _one_session(stack: Stack, n: int) -> list[str]:
+    texts = [f"Session {n} sentence {i} is here." for i in range(4)]
+    async with Client.connect(stack, {"response_format": "pcm", "stream_audio": True}) as c:
+        # Stream it in small pieces, as an LLM would.
+        whole = " ".join(texts)
+        for start in range(0, len(whole), 7):
+            await c.send("input.text", text=whole[start : start + 7])
+        await c.send("input.done")
+        sentences, done = await c.utterance(timeout=60)
+    assert done["total_sentences"] == 4
+    for s in sentences:
+        assert not s.errors and s.done["error"] is False
+        assert s.done["total_bytes"] == len(s.audio) > 0
+    assert [s.start["sentence_text"] for s in sentences] == texts
+    return [s.start["sentence_text"] for s in sentences]
+
+
+async def test_thirty_concurrent_sessions_in_order(stack: Stack) -> None:
+    before = stack.worker_stats()
+    results = await asyncio.gather(*(_one_session(stack, n) for n in range(30)))
+    assert len(results) == 30
+    after = stack.worker_stats()
+    completed = {w: after[w]["completed"] - before[w].get("completed", 0) for w in after}
+    assert sum(completed.values()) == 120
+    assert all(count > 0 for count in completed.values()), f"both workers share: {completed}"
+
+
+async def test_disconnect_stops_the_worker_process(stack: Stack) -> None:
+    before = stack.worker_stats()
+    async with Client.connect(stack, {"response_format": "pcm", "stream_audio": True}) as c:
+        # Five long sentences (paced, seconds each), more than the pool takes at once.
+        long = "is a long sentence that takes a few seconds to say"
+        await c.send("input.text", text=" ".join(f"Number {i} {long}." for i in range(5)))
+        await c.expect("audio.start", timeout=10)
+        await c.recv()
+    deadline = time.monotonic() + 10
+    while True:
+        after = stack.worker_stats()
+        delta = {
+            k: sum(after[w].get(k, 0) - before[w].get(k, 0) for w in after)
+            for k in ("started", "cancelled", "skipped_cancelled", "chunks_after_cancel")
+        }
+        if delta["cancelled"] + delta["skipped_cancelled"] >= 5 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    # Every started sentence was stopped; every other one was never started.
+    assert delta["cancelled"] == delta["started"] >= 1
+    assert delta["cancelled"] + delta["skipped_cancelled"] == 5
+    assert delta["chunks_after_cancel"] <= delta["cancelled"]
