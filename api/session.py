@@ -232,18 +232,19 @@ class Session:
     async def _receive_loop(self) -> None:
         while True:
             try:
-                raw = await asyncio.wait_for(self._read(), self.settings.idle_timeout)
-                message = protocol.parse_client_message(raw)
-            except TimeoutError:
-                if self._delivering():
-                    continue
-                await self._close(CloseCode.NORMAL)
-                return
+                try:
+                    raw = await asyncio.wait_for(self._read(), self.settings.idle_timeout)
+                except TimeoutError:
+                    if self._delivering():
+                        continue
+                    await self._close(CloseCode.NORMAL)
+                    return
+                await self._handle(protocol.parse_client_message(raw))
             except ProtocolError as exc:
-                # Errors of single messages leave the session as it was.
+                if exc.close is not None:
+                    raise
+                # An error of a single message leaves the session as it was.
                 await self._send_json(exc.to_message())
-                continue
-            await self._handle(message)
 
     async def _handle(self, message: ClientMessage) -> None:
         kind = message.type
@@ -354,13 +355,14 @@ class Session:
         await self.hub.queue.cancel(self.id, [u.index for u in victims])
         async with self._send_lock:
             for utt in victims:
+                undelivered = utt.undelivered
                 for sentence in utt.sentences:
                     if sentence.start_sent and not sentence.finished:
                         # Close the framing the client already saw open.
                         await self._send_json_locked(
                             self._done_message(utt, sentence, cancelled=True)
                         )
-                await self._send_json_locked(protocol.input_cancelled(utt.index, utt.undelivered))
+                await self._send_json_locked(protocol.input_cancelled(utt.index, undelivered))
         if self._closing:
             await self._close(CloseCode.NORMAL)
 

@@ -48,7 +48,7 @@ class Pipeline:
 @contextlib.asynccontextmanager
 async def run_server(app: Any) -> AsyncIterator[uvicorn.Server]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws="websockets", lifespan="on"
+        app, host="127.0.0.1", port=0, log_level="warning", ws="websockets-sansio", lifespan="on"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

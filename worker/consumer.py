@@ -157,16 +157,9 @@ class Worker:
             job = None
         try:
             if job is not None:
-                token = self.in_flight.add(job)
-                try:
-                    # After add(): a cancel either is already marked here or will find the job
-                    # in flight (the front end marks before it notifies).
-                    if await is_cancelled(redis, self.keys, job):
-                        counts["skipped_cancelled"] = 1
-                    else:
-                        counts.update(await self._synthesize(redis, job, token))
-                finally:
-                    self.in_flight.remove(token)
+                await self._run_job(redis, job, counts)
+        except Exception:
+            log.exception("job %r failed outside the engine", entry_id)
         finally:
             slots.release()
             with contextlib.suppress(Exception):
@@ -175,6 +168,18 @@ class Worker:
                     pipe.xdel(self.keys.jobs, entry_id)
                     self._registration.count(pipe, **counts)
                     await pipe.execute()
+
+    async def _run_job(self, redis: aioredis.Redis, job: Job, counts: dict[str, int]) -> None:
+        token = self.in_flight.add(job)
+        try:
+            # After add(): a cancel either is already marked here or will find the job in
+            # flight (the front end marks before it notifies).
+            if await is_cancelled(redis, self.keys, job):
+                counts["skipped_cancelled"] = 1
+            else:
+                counts.update(await self._synthesize(redis, job, token))
+        finally:
+            self.in_flight.remove(token)
 
     async def _synthesize(
         self, redis: aioredis.Redis, job: Job, token: Cancellation

@@ -200,7 +200,7 @@ async def test_disconnect_stops_the_worker_within_one_chunk(
         redis_url, key_prefix, engine_options={"rtf": "1.0", "chunk_ms": "50"}
     ) as p:
         async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
-            await c.send("input.text", text="A rather long sentence to speak slowly. B. C. D.")
+            await c.send("input.text", text="A rather long sentence to speak slowly. B. C. D. ")
             await c.expect("audio.start")
             await c.recv()
         # The connection is gone; wait for the worker to wind down.
@@ -285,16 +285,21 @@ async def test_a_lost_message_becomes_a_sentence_error(redis_url: str, key_prefi
             await c.send("input.text", text="A sentence long enough to be interrupted.")
             await c.send("input.done")
             await c.expect("audio.start")
-            session_id = next(iter(p.server.config.app.state.hub.sessions)).id
             hub = p.server.config.app.state.hub
+            session_id = next(iter(hub.sessions)).id
             # A message from far in the future: the ones in between were "lost".
             await hub.redis.publish(
                 hub.keys.audio_channel(session_id), Event(EventKind.AUDIO, 0, 0, 99, b"xx").pack()
             )
-            sentences, _ = await c.utterance()
-    (s,) = sentences
-    assert s.done["error"] is True
-    assert s.errors[0]["code"] == "generation_failed" and "lost" in s.errors[0]["message"]
+            while not isinstance(done := await c.recv(), dict) or done["type"] != "session.done":
+                pass
+    errors = [m for m in c.received if isinstance(m, dict) and m["type"] == "error"]
+    (audio_done,) = [m for m in c.received if isinstance(m, dict) and m["type"] == "audio.done"]
+    assert done["total_sentences"] == 1
+    assert audio_done["error"] is True
+    assert errors[0]["code"] == "generation_failed" and "lost" in errors[0]["message"]
+    assert errors[0]["sentence_index"] == 0
+    assert audio_done["total_bytes"] == sum(len(m) for m in c.received if isinstance(m, bytes))
 
 
 async def test_no_worker_taking_the_job_fails_the_sentence_on_its_deadline(

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from worker.engines import ENGINES, load_engine
+from worker.engines.base import Cancellation, Engine, split_words
+from worker.engines.espeak import EspeakEngine
+from worker.engines.tone import ToneEngine
+
+
+def test_the_registry_names_the_engines() -> None:
+    assert set(ENGINES) == {"espeak", "tone"}
+    assert isinstance(load_engine("tone"), ToneEngine)
+    assert isinstance(load_engine("espeak"), EspeakEngine)
+    assert all(isinstance(load_engine(name), Engine) for name in ENGINES)
+
+
+def test_unknown_engine_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown engine 'pocket'.*espeak.*tone"):
+        load_engine("pocket")
+
+
+def test_options_are_parsed_from_strings() -> None:
+    engine = load_engine(
+        "tone",
+        {"sample_rate": "16000", "chunk_ms": "20", "rtf": "0.5", "ms_per_char": "10",
+         "fail_on": "BOOM"},
+    )
+    assert isinstance(engine, ToneEngine)
+    assert engine.info.sample_rate == 16000
+    assert engine.chunk_samples == 320
+    assert engine.rtf == 0.5 and engine.ms_per_char == 10.0 and engine.fail_on == "BOOM"
+
+
+def test_unknown_option_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"no option 'speed'.*chunk_ms, fail_on, ms_per_char"):
+        load_engine("tone", {"speed": "2"})
+    with pytest.raises(ValueError, match=r"espeak.*no option 'voice'.*none"):
+        load_engine("espeak", {"voice": "de"})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rtf": "fast"}, "rtf='fast'"),
+        ({"chunk_ms": "0"}, "chunk_ms must be positive"),
+        ({"rtf": "-1"}, "rtf must be >= 0"),
+        ({"rtf": "nan"}, "finite"),
+        ({"sample_rate": "100"}, "sample_rate"),
+        ({"fail_on": ""}, "fail_on"),
+    ],
+)
+def test_bad_option_values_are_clear_errors(options: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_engine("tone", options)
+
+
+def test_cancellation_is_a_flag() -> None:
+    cancel = Cancellation()
+    assert not cancel.is_set()
+    cancel.set()
+    assert cancel.is_set()
+
+
+def test_split_words_trims_punctuation_and_keeps_offsets() -> None:
+    text = '"Hello,  world!" ... don\'t stop — 3.5 नमस्ते।'
+    words = split_words(text)
+    assert [w for w, _, _ in words] == ["Hello", "world", "don't", "stop", "3.5", "नमस्ते"]
+    assert all(text[a:b] == w for w, a, b in words)
+    assert split_words(text, 9, 15) == [("world", 9, 14)]

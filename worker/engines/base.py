@@ -1,0 +1,112 @@
+"""The streaming interface every engine implements."""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shared.capabilities import EngineInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    word: str
+    start_ms: int  # from the sentence's first sample
+    end_ms: int
+
+
+@dataclass(slots=True)
+class AudioChunk:
+    """int16 mono PCM at `engine.info.sample_rate`, and the words timed so far.
+
+    A word is delivered once its timing is final, with or after the chunk holding its start;
+    a last chunk may carry words only (empty `pcm`).
+    """
+
+    pcm: np.ndarray
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesisRequest:
+    text: str
+    voice: str
+    language: str = "Auto"
+    speed: float = 1.0
+    word_timestamps: bool = False
+
+
+class Cancellation:
+    """A flag set from the event loop and read between chunks, also from a synthesis thread."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class EngineError(Exception):
+    """Synthesis of one request failed; the message is safe to show the client."""
+
+
+class Engine(ABC):
+    """A speech engine, chosen by name (see `worker.engines.ENGINES`).
+
+    Contract of `synthesize`: yield chunks as audio is generated; check `cancel` between
+    chunks and stop within ONE chunk once it is set; never block the event loop; raise
+    `EngineError` on failure (bad voice, synthesis error).
+    """
+
+    info: EngineInfo
+    # `--engine-opt key=value` options: name -> parser of the string value (raises ValueError).
+    # The constructor takes the parsed values as keyword arguments and checks their ranges.
+    OPTIONS: ClassVar[dict[str, Callable[[str], Any]]] = {}
+
+    async def start(self) -> None:
+        """Load libraries or models; called once per process before any synthesis."""
+
+    async def close(self) -> None:
+        """Release what `start()` acquired."""
+
+    @abstractmethod
+    def synthesize(
+        self, request: SynthesisRequest, cancel: Cancellation
+    ) -> AsyncIterator[AudioChunk]: ...
+
+
+_TOKEN = re.compile(r"\S+")
+
+
+def _is_punctuation(char: str) -> bool:
+    return unicodedata.category(char).startswith("P")
+
+
+def split_words(text: str, start: int = 0, end: int | None = None) -> list[tuple[str, int, int]]:
+    """Words of `text[start:end]` as (word, start, end) character offsets into `text`.
+
+    Whitespace-separated, with surrounding punctuation trimmed ("world," -> "world"); tokens
+    of punctuation only are dropped.
+    """
+    words = []
+    for match in _TOKEN.finditer(text, start, len(text) if end is None else end):
+        a, b = match.span()
+        while a < b and _is_punctuation(text[a]):
+            a += 1
+        while b > a and _is_punctuation(text[b - 1]):
+            b -= 1
+        if a < b:
+            words.append((text[a:b], a, b))
+    return words
