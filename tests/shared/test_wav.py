@@ -29,7 +29,12 @@ def test_g711_wav_has_its_format_tag_and_a_fact_chunk(tag: int) -> None:
     assert struct.unpack_from("<I", data, 4)[0] == len(data) - 8
     assert b"fact" in data and struct.unpack_from("<I", data, data.index(b"fact") + 8)[0] == 255
     info = parse_wav(data)
-    assert (info.sample_rate, info.channels, info.sample_width, info.format_tag) == (8000, 1, 1, tag)
+    assert (info.sample_rate, info.channels, info.sample_width, info.format_tag) == (
+        8000,
+        1,
+        1,
+        tag,
+    )
     assert info.frames == payload
 
 
@@ -67,9 +72,11 @@ def test_parse_tolerates_a_streaming_placeholder_data_size() -> None:
 
 
 def test_parse_extensible_reports_the_subformat() -> None:
-    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, 8000, 8000, 1, 8, 22, 8, 0) + struct.pack(
-        "<H", 7
-    ) + bytes(14)
+    fmt = (
+        struct.pack("<HHIIHHHHI", 0xFFFE, 1, 8000, 8000, 1, 8, 22, 8, 0)
+        + struct.pack("<H", 7)
+        + bytes(14)
+    )
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + b"\x02\x00\x00\x00ab"
     info = parse_wav(b"RIFF" + struct.pack("<I", len(body)) + body)
     assert info.format_tag == 7 and info.frames == b"ab"
@@ -77,7 +84,12 @@ def test_parse_extensible_reports_the_subformat() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"RIFX\x00\x00\x00\x00WAVE", b"RIFF\x04\x00\x00\x00WAVE", b"RIFF\x0c\x00\x00\x00WAVEdata\x00\x00\x00\x00"],
+    [
+        b"",
+        b"RIFX\x00\x00\x00\x00WAVE",
+        b"RIFF\x04\x00\x00\x00WAVE",
+        b"RIFF\x0c\x00\x00\x00WAVEdata\x00\x00\x00\x00",
+    ],
     ids=["empty", "not-riff", "no-chunks", "no-fmt"],
 )
 def test_parse_rejects_broken_files(data: bytes) -> None:
@@ -93,8 +105,12 @@ def test_parse_rejects_a_file_without_data() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "length"),
-    [({"format_tag": 3}, 2), ({"format_tag": 7, "sample_width": 2}, 2), ({"sample_width": 5}, 5),
-     ({}, 3)],
+    [
+        ({"format_tag": 3}, 2),
+        ({"format_tag": 7, "sample_width": 2}, 2),
+        ({"sample_width": 5}, 5),
+        ({}, 3),
+    ],
 )
 def test_wav_bytes_rejects_inconsistent_arguments(kwargs: dict[str, int], length: int) -> None:
     with pytest.raises(ValueError):

@@ -23,8 +23,13 @@ def test_unknown_engine_lists_the_valid_ones() -> None:
 def test_options_are_parsed_from_strings() -> None:
     engine = load_engine(
         "tone",
-        {"sample_rate": "16000", "chunk_ms": "20", "rtf": "0.5", "ms_per_char": "10",
-         "fail_on": "BOOM"},
+        {
+            "sample_rate": "16000",
+            "chunk_ms": "20",
+            "rtf": "0.5",
+            "ms_per_char": "10",
+            "fail_on": "BOOM",
+        },
     )
     assert isinstance(engine, ToneEngine)
     assert engine.info.sample_rate == 16000

@@ -170,8 +170,17 @@ async def test_numbers_and_merged_words_keep_the_text_words(engine: EspeakEngine
     text = "I have 12345 apples and 3.5 pears, don't you?"
     chunks = await collect(engine, SynthesisRequest(text, "en", word_timestamps=True))
     words = [w for c in chunks for w in c.words]
-    assert [w.word for w in words] == ["I", "have", "12345", "apples", "and", "3.5", "pears",
-                                       "don't", "you"]
+    assert [w.word for w in words] == [
+        "I",
+        "have",
+        "12345",
+        "apples",
+        "and",
+        "3.5",
+        "pears",
+        "don't",
+        "you",
+    ]
     starts = [w.start_ms for w in words]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
     # "12345" is read as several words: it takes far longer than "have".

@@ -54,8 +54,13 @@ async def test_chunks_have_the_configured_size() -> None:
     assert sizes[:-1] == [960] * (len(sizes) - 1)
     assert 0 < sizes[-1] <= 960
     assert sum(sizes) == round(1.26 * RATE)
-    assert engine.stats == {"started": 1, "chunks": len(chunks), "completed": 1, "cancelled": 0,
-                            "failed": 0}
+    assert engine.stats == {
+        "started": 1,
+        "chunks": len(chunks),
+        "completed": 1,
+        "cancelled": 0,
+        "failed": 0,
+    }
 
 
 async def test_voices_differ_in_pitch() -> None:

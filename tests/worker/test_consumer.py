@@ -1,0 +1,158 @@
+"""The worker on its own: jobs in through the stream, events out on the session channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from api.queue import JobQueue
+from shared.config import Settings
+from shared.connections import connect
+from shared.keys import JOBS_GROUP, Keys
+from shared.wire import Event, EventKind, Job
+from worker.consumer import Worker
+from worker.engines import load_engine
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    redis_url: str, prefix: str, *, concurrency: int = 1, **options: str
+) -> AsyncIterator[Worker]:
+    settings = Settings(redis_url=redis_url, key_prefix=prefix)
+    worker = Worker(settings, load_engine("tone", options), concurrency=concurrency)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def listen(redis_url: str, channel: str) -> AsyncIterator[asyncio.Queue[Event]]:
+    client = connect(redis_url, blocking=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def pump() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                events.put_nowait(Event.unpack(message["data"]))
+
+    task = asyncio.create_task(pump())
+    try:
+        yield events
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pubsub.aclose()
+        await client.aclose()
+
+
+def _job(sentence: int, text: str = "Hello there.", **fields: object) -> Job:
+    return Job(
+        session_id="sess",
+        utterance=0,
+        sentence=sentence,
+        text=text,
+        voice="tone-mid",
+        format="pcm",
+        stream_audio=True,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _until_done(events: asyncio.Queue[Event]) -> list[Event]:
+    seen: list[Event] = []
+    while not seen or seen[-1].kind not in (EventKind.DONE, EventKind.ERROR):
+        seen.append(await asyncio.wait_for(events.get(), 10))
+    return seen
+
+
+async def test_events_are_sequenced_and_the_entry_is_acknowledged(
+    redis_url: str, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    async with running_worker(redis_url, key_prefix) as worker:
+        async with listen(redis_url, keys.audio_channel("sess")) as events:
+            await queue.enqueue(_job(0))
+            seen = await _until_done(events)
+        assert [e.seq for e in seen] == list(range(len(seen)))
+        assert seen[0].kind is EventKind.STARTED and seen[0].data == worker.id
+        audio = b"".join(e.data for e in seen if e.kind is EventKind.AUDIO)
+        assert seen[-1].kind is EventKind.DONE and seen[-1].data == len(audio)
+        for _ in range(100):
+            if worker.stats["completed"]:
+                break
+            await asyncio.sleep(0.01)
+        pending = await redis.xpending(keys.jobs, JOBS_GROUP)
+        assert pending["pending"] == 0, "acknowledged once finished"
+        assert await redis.xlen(keys.jobs) == 0, "and deleted"
+        assert int(await redis.hget(keys.worker(worker.id), "completed")) == 1
+    await redis.aclose()
+
+
+async def test_cancelled_jobs_are_never_started(redis_url: str, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    await queue.cancel("sess", [0], 1)  # one sentence
+    async with running_worker(redis_url, key_prefix) as worker:
+        async with listen(redis_url, keys.audio_channel("sess")) as events:
+            for i in range(3):
+                await queue.enqueue(_job(i))
+            got = [await _until_done(events), await _until_done(events)]
+        assert sorted(run[0].sentence for run in got) == [0, 2]
+        for _ in range(100):
+            if worker.stats["skipped_cancelled"]:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.stats["skipped_cancelled"] == 1 and worker.stats["started"] == 2
+        assert worker.engine.stats["started"] == 2
+    await redis.aclose()
+
+
+async def test_malformed_entries_are_dropped_not_retried(redis_url: str, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    async with running_worker(redis_url, key_prefix) as worker:
+        await redis.xadd(keys.jobs, {"j": b"\xc1 not msgpack"})
+        for _ in range(200):
+            if worker.stats["taken"]:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.stats["taken"] == 1 and worker.stats["started"] == 0
+        assert (await redis.xpending(keys.jobs, JOBS_GROUP))["pending"] == 0
+    await redis.aclose()
+
+
+async def test_a_worker_takes_no_more_jobs_than_it_has_slots(
+    redis_url: str, key_prefix: str
+) -> None:
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    async with running_worker(redis_url, key_prefix, concurrency=2, rtf="1.0") as worker:
+        for i in range(5):
+            await queue.enqueue(_job(i, "A sentence that takes a while."))
+        await asyncio.sleep(0.3)
+        assert len(worker.in_flight) == 2
+        pending = await redis.xpending(keys.jobs, JOBS_GROUP)
+        assert pending["pending"] == 2, "the other three wait for any worker"
+    await redis.aclose()
+
+
+@pytest.mark.parametrize("concurrency", [0, -1])
+def test_concurrency_must_be_positive(concurrency: int) -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(Settings(), load_engine("tone"), concurrency=concurrency)
