@@ -28,9 +28,7 @@ class StreamResampler:
         if in_rate != out_rate:
             # float32, not int16: soxr dithers its int16 output, which would make the same
             # input give different bytes from run to run.
-            self._stream = soxr.ResampleStream(
-                in_rate, out_rate, 1, dtype="float32", quality="HQ"
-            )
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
         self._flushed = False
 
     def process(self, pcm: np.ndarray) -> np.ndarray:

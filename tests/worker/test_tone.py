@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -88,6 +89,23 @@ async def test_cancel_stops_within_one_chunk() -> None:
     assert len(received) == 2  # nothing after the cancel
     assert engine.stats["cancelled"] == 1 and engine.stats["completed"] == 0
     assert engine.stats["chunks"] == 2
+
+
+async def test_a_consumer_that_stops_on_cancel_counts_as_cancelled() -> None:
+    # The worker checks the flag itself and closes the stream, as the consumer does.
+    engine = ToneEngine()
+    cancel = Cancellation()
+    request = SynthesisRequest("x" * 100, "tone-mid")
+    async with contextlib.aclosing(engine.synthesize(request, cancel)) as chunks:
+        async for _chunk in chunks:
+            cancel.set()
+            break
+    assert engine.stats["cancelled"] == 1 and engine.stats["completed"] == 0
+    # Closing early without a cancel (say, the consumer failed) is not a cancel.
+    async with contextlib.aclosing(engine.synthesize(request, Cancellation())) as chunks:
+        async for _chunk in chunks:
+            break
+    assert engine.stats["cancelled"] == 1 and engine.stats["started"] == 2
 
 
 async def test_cancel_during_pacing_yields_nothing_more() -> None:

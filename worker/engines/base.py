@@ -65,6 +65,8 @@ class EngineError(Exception):
 class Engine(ABC):
     """A speech engine, chosen by name (see `worker.engines.ENGINES`).
 
+    `info` may only be known once `start()` has run (espeak lists its voices then).
+
     Contract of `synthesize`: yield chunks as audio is generated; check `cancel` between
     chunks and stop within ONE chunk once it is set; never block the event loop; raise
     `EngineError` on failure (bad voice, synthesis error).
@@ -75,10 +77,10 @@ class Engine(ABC):
     # The constructor takes the parsed values as keyword arguments and checks their ranges.
     OPTIONS: ClassVar[dict[str, Callable[[str], Any]]] = {}
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 (an optional hook: no-op by default)
         """Load libraries or models; called once per process before any synthesis."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Release what `start()` acquired."""
 
     @abstractmethod

@@ -125,21 +125,25 @@ class ToneEngine(Engine):
         words = self._words(request.text, total) if request.word_timestamps else []
         self.stats["started"] += 1
         rate, step = self.info.sample_rate, self.chunk_samples
-        for index, start in enumerate(range(0, total, step)):
-            if cancel.is_set():
+        completed = False
+        try:
+            for index, start in enumerate(range(0, total, step)):
+                if cancel.is_set():
+                    return
+                stop = min(start + step, total)
+                pcm = self._samples(freq, start, stop, total)
+                # The chunk's "compute time", before delivery: time to first audio is paced too.
+                await asyncio.sleep((stop - start) / rate * self.rtf)
+                if cancel.is_set():
+                    return
+                self.stats["chunks"] += 1
+                yield AudioChunk(pcm, [w for s, w in words if start <= s < stop])
+                if index == 0 and self.fail_on is not None and self.fail_on in request.text:
+                    self.stats["failed"] += 1
+                    raise EngineError(f"tone: injected failure (text contains {self.fail_on!r})")
+            completed = True
+            self.stats["completed"] += 1
+        finally:
+            # Also when the consumer saw the cancel first and closed the stream.
+            if not completed and cancel.is_set():
                 self.stats["cancelled"] += 1
-                return
-            stop = min(start + step, total)
-            pcm = self._samples(freq, start, stop, total)
-            # The chunk's "compute time": before delivery, so time to first audio is paced too.
-            await asyncio.sleep((stop - start) / rate * self.rtf)
-            if cancel.is_set():
-                self.stats["cancelled"] += 1
-                return
-            chunk_words = [w for s, w in words if start <= s < stop]
-            self.stats["chunks"] += 1
-            yield AudioChunk(pcm, chunk_words)
-            if index == 0 and self.fail_on is not None and self.fail_on in request.text:
-                self.stats["failed"] += 1
-                raise EngineError(f"tone: injected failure (text contains {self.fail_on!r})")
-        self.stats["completed"] += 1
