@@ -164,7 +164,7 @@ async def test_disconnect_stops_the_worker_process(stack: Stack) -> None:
     async with Client.connect(stack, {"response_format": "pcm", "stream_audio": True}) as c:
         # Five long sentences (paced, seconds each), more than the pool takes at once.
         long = "is a long sentence that takes a few seconds to say"
-        await c.send("input.text", text=" ".join(f"Number {i} {long}." for i in range(5)))
+        await c.send("input.text", text=" ".join(f"Number {i} {long}." for i in range(5)) + " ")
         await c.expect("audio.start", timeout=10)
         await c.recv()
     deadline = time.monotonic() + 10
