@@ -180,35 +180,22 @@ class Session:
         return text
 
     async def _first_message(self) -> dict[str, Any]:
-        not_configured = "the first message must be session.config"
-        try:
-            raw = await asyncio.wait_for(self._read(), self.settings.config_timeout)
-        except TimeoutError:
-            raise ProtocolError(
+        def not_configured(detail: str) -> ProtocolError:
+            return ProtocolError(
                 ErrorCode.NOT_CONFIGURED,
-                f"no session.config within {self.settings.config_timeout:g} s",
-                close=CloseCode.POLICY_VIOLATION,
-            ) from None
-        except ProtocolError as exc:
-            raise ProtocolError(
-                ErrorCode.NOT_CONFIGURED,
-                f"{not_configured} ({exc.message})",
-                close=CloseCode.POLICY_VIOLATION,
-            ) from None
-        try:
-            message = protocol.parse_client_message(raw)
-        except ProtocolError as exc:
-            raise ProtocolError(
-                ErrorCode.NOT_CONFIGURED,
-                f"{not_configured} ({exc.message})",
-                close=CloseCode.POLICY_VIOLATION,
-            ) from None
-        if message.type != "session.config":
-            raise ProtocolError(
-                ErrorCode.NOT_CONFIGURED,
-                f"{not_configured}, got {message.type}",
+                f"the first message must be session.config ({detail})",
                 close=CloseCode.POLICY_VIOLATION,
             )
+
+        try:
+            raw = await asyncio.wait_for(self._read(), self.settings.config_timeout)
+            message = protocol.parse_client_message(raw)
+        except TimeoutError:
+            raise not_configured(f"none within {self.settings.config_timeout:g} s") from None
+        except ProtocolError as exc:
+            raise not_configured(exc.message) from None
+        if message.type != "session.config":
+            raise not_configured(f"got {message.type}")
         return message.data
 
     async def _configure(self, data: dict[str, Any]) -> None:

@@ -164,7 +164,9 @@ def _run_http(args: argparse.Namespace) -> int:
     app = create_app(settings, sidecar=sidecar)
     where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"
     print(f"voxline {args.command}: {where}  (redis: {settings.redis_url})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets-sansio")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets-sansio"
+    )
     return 0
 
 
