@@ -45,8 +45,7 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
         try:
             await hub.redis.ping()
             checks["redis"] = "ok"
-            workers = await hub.pool.live_workers()
-            checks["workers"] = len(workers)
+            _, checks["workers"] = await hub.pool.engine(max_age=0)
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc}"
             checks["workers"] = 0

@@ -33,16 +33,14 @@ class WorkerPool:
         if time.monotonic() - at < max_age:
             return info, count
         ids = await self.live_workers()
-        info = None
-        names: set[str] = set()
-        for worker_id in ids:
-            raw = await self._redis.hget(self._keys.worker(worker_id), "info")
-            if raw is None:
-                continue
-            candidate = EngineInfo.unpack(raw)
-            names.add(candidate.name)
-            info = info or candidate
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hget(self._keys.worker(worker_id), "info")
+            infos = [EngineInfo.unpack(raw) for raw in await pipe.execute() if raw is not None]
+        names = {i.name for i in infos}
         if len(names) > 1:
             log.warning("workers on one jobs stream run different engines: %s", sorted(names))
-        self._cached = (time.monotonic(), info, len(ids))
-        return info, len(ids)
+        info = infos[0] if infos else None
+        # Only workers that published their info can serve a session.
+        self._cached = (time.monotonic(), info, len(infos))
+        return info, len(infos)

@@ -69,6 +69,8 @@ class ReturnPath:
             await asyncio.wait_for(confirmed, timeout)
         except BaseException:
             self._handlers.pop(channel, None)
+            with contextlib.suppress(Exception):
+                await self._pubsub.unsubscribe(channel)  # it may still have gone through
             raise
         finally:
             self._pending.pop(channel, None)
@@ -89,7 +91,9 @@ class ReturnPath:
             try:
                 message = await self._pubsub.get_message(timeout=_READ_WAIT)
                 backoff = 0.05
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 # redis-py reconnects and re-subscribes every channel on the next read. What was
                 # published meanwhile is gone: the per-sentence sequence numbers and deadlines
                 # turn that loss into explicit sentence errors.

@@ -61,6 +61,7 @@ class Utterance:
     sentences: list[Sentence] = field(default_factory=list)
     ended: bool = False  # input.done (or session.close) received
     cancelled: bool = False
+    done_sent: bool = False  # session.done written
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -89,6 +90,7 @@ class Session:
         self._closing = False
         self._closed = False
         self._enqueued_any = False
+        self._last_activity = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -127,23 +129,25 @@ class Session:
     async def _serve(self) -> None:
         receiver = asyncio.create_task(self._receive_loop(), name=f"recv-{self.id}")
         relay = asyncio.create_task(self._relay_loop(), name=f"relay-{self.id}")
-        done, pending = await asyncio.wait({receiver, relay}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, _Disconnected):
-                await task
+        try:
+            done, _ = await asyncio.wait({receiver, relay}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiver, relay):
+                task.cancel()
+            for task in (receiver, relay):
+                with contextlib.suppress(asyncio.CancelledError, _Disconnected):
+                    await task
         for task in done:
             task.result()  # re-raise what ended the session
 
     async def _release(self) -> None:
         """Stop all outstanding work of this connection, in Redis and locally."""
         self._closed = True
-        outstanding = any(u.undelivered for u in self.utterances)
         for utt in self.utterances:
             self._abandon(utt)
         try:
-            if self._enqueued_any and outstanding:
+            # Unconditionally: a cancel that failed half-way may have left work behind.
+            if self._enqueued_any:
                 await self.hub.queue.cancel(self.id)
         except Exception:
             log.exception("session %s: could not cancel its queued work", self.id)
@@ -151,7 +155,8 @@ class Session:
             await self.hub.returns.release(self.id)
 
     async def _refuse(self, exc: ProtocolError) -> None:
-        await self._send_json(exc.to_message())
+        with contextlib.suppress(_Disconnected):
+            await self._send_json(exc.to_message())
         if exc.close is not None:
             await self._close(exc.close)
 
@@ -219,13 +224,19 @@ class Session:
     async def _receive_loop(self) -> None:
         while True:
             try:
+                idle = self.settings.idle_timeout
+                quiet = time.monotonic() - self._last_activity
+                # While audio flows the timer is only re-armed; idle counts from the later of
+                # the last message and the end of the last delivery.
+                wait = idle if self._delivering() else max(idle - quiet, 0.05)
                 try:
-                    raw = await asyncio.wait_for(self._read(), self.settings.idle_timeout)
+                    raw = await asyncio.wait_for(self._read(), wait)
                 except TimeoutError:
-                    if self._delivering():
+                    if self._delivering() or time.monotonic() - self._last_activity < idle:
                         continue
                     await self._close(CloseCode.NORMAL)
                     return
+                self._last_activity = time.monotonic()
                 await self._handle(protocol.parse_client_message(raw))
             except ProtocolError as exc:
                 if exc.close is not None:
@@ -248,8 +259,11 @@ class Session:
         elif kind == "session.close":
             self._closing = True
             utt = self._current()
-            if utt is not None and not utt.is_empty():
-                await self._end_utterance(utt)
+            if utt is not None:
+                if utt.is_empty():
+                    self._drop_empty(utt)
+                else:
+                    await self._end_utterance(utt)
             self._relay_wakeup.set()
         elif kind == "session.config":
             await self._reconfigure(message.data)
@@ -257,13 +271,17 @@ class Session:
     async def _on_text(self, text: str) -> None:
         if self._closing:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "the session is closing")
-        utt = self._open_utterance()
+        if not text:
+            return  # LLM streams send empty deltas; they must not open an utterance
+        current = self._current()
+        buffered = current.splitter.pending_chars if current is not None else 0
         limit = self.settings.max_buffer_chars
-        if utt.splitter.pending_chars + len(text) > limit:
+        if buffered + len(text) > limit:
             raise ProtocolError(
                 ErrorCode.TEXT_TOO_LARGE,
                 f"buffered text would exceed {limit} characters; text refused",
             )
+        utt = self._open_utterance()
         await self._enqueue_all(utt, utt.splitter.feed(text))
 
     async def _reconfigure(self, data: dict[str, Any]) -> None:
@@ -272,7 +290,8 @@ class Session:
                 ErrorCode.INVALID_MESSAGE,
                 "session.config is only accepted between utterances",
             )
-        self.utterances.clear()
+        for utt in list(self.utterances):
+            self._drop_empty(utt)
         await self._configure(data)
 
     # --- utterances -----------------------------------------------------------------------
@@ -297,6 +316,14 @@ class Session:
             self.utterances.append(utt)
             self._relay_wakeup.set()
         return utt
+
+    def _drop_empty(self, utt: Utterance) -> None:
+        """Forget an utterance that never held anything, as if it had not been opened."""
+        if utt in self.utterances:
+            self.utterances.remove(utt)
+        self._next_utterance = min(self._next_utterance, utt.index)
+        utt.cancelled = True  # releases a relay waiting on it
+        utt.changed.set()
 
     async def _end_utterance(self, utt: Utterance) -> None:
         await self._enqueue_all(utt, utt.splitter.flush())
@@ -333,14 +360,20 @@ class Session:
 
     async def _cancel(self) -> None:
         """Barge-in: every queued and in-flight sentence of this connection stops."""
-        self._open_utterance()  # a cancel always ends one utterance, even an empty one
-        victims = list(self.utterances)
-        self.utterances.clear()
-        for utt in victims:
-            utt.cancelled = True  # from here on the relay sends nothing of it
-            self._abandon(utt)
-        await self.hub.queue.cancel(self.id, [u.index for u in victims])
         async with self._send_lock:
+            # Under the lock: an utterance whose session.done is already out is not cancelled.
+            victims = [u for u in self.utterances if not u.done_sent]
+            if not victims:
+                victims = [self._open_utterance()]  # a cancel always ends one utterance
+            self.utterances.clear()
+            for utt in victims:
+                utt.cancelled = True  # from here on the relay sends nothing of it
+                self._abandon(utt)
+            try:
+                await self.hub.queue.cancel(self.id, [u.index for u in victims])
+            except Exception:
+                # The client is told regardless; _release retries session-wide at the end.
+                log.exception("session %s: cancel did not reach Redis", self.id)
             for utt in victims:
                 undelivered = utt.undelivered
                 for sentence in utt.sentences:
@@ -396,9 +429,11 @@ class Session:
             elif utt.ended:
                 async with self._send_lock:
                     if not utt.cancelled:
+                        utt.done_sent = True
                         await self._send_json_locked(
                             protocol.session_done(utt.index, len(utt.sentences))
                         )
+                        self._last_activity = time.monotonic()
                 return
             else:
                 utt.changed.clear()
@@ -415,7 +450,7 @@ class Session:
                 else:
                     wait = settings.queue_timeout - (time.monotonic() - sentence.enqueued_at)
                 try:
-                    event = await asyncio.wait_for(sentence.events.get(), max(wait, 0.0))
+                    event = await _next_event(sentence.events, wait)
                 except TimeoutError:
                     reason = (
                         f"the worker went silent for {settings.stall_timeout:g} s"
@@ -491,7 +526,10 @@ class Session:
     ) -> None:
         if stop_worker:
             # No worker may start (or go on with) a sentence the client was told failed.
-            await self.hub.queue.cancel(self.id, [utt.index], sentence.index)
+            try:
+                await self.hub.queue.cancel(self.id, [utt.index], sentence.index)
+            except Exception:
+                log.exception("session %s: could not cancel a failed sentence", self.id)
         log.warning(
             "session %s sentence %d/%d failed: %s", self.id, utt.index, sentence.index, reason
         )
@@ -551,3 +589,14 @@ class Session:
             await self.ws.send_json(message)
         except Exception as exc:  # the peer is gone mid-write
             raise _Disconnected from exc
+
+
+async def _next_event(events: asyncio.Queue[Event | None], wait: float) -> Event | None:
+    """The next event, or TimeoutError after `wait` s; an event already buffered is returned
+    even when the deadline has passed (it was in time, the relay was busy elsewhere)."""
+    try:
+        return events.get_nowait()
+    except asyncio.QueueEmpty:
+        pass
+    async with asyncio.timeout(max(wait, 0.0)):
+        return await events.get()

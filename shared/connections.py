@@ -28,7 +28,9 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         url,
         socket_connect_timeout=5,
-        socket_timeout=None if blocking else 10,
+        # Blocking reads wait at most 5 s (BLOCK, pub/sub waits); 30 s of silence on such a
+        # connection means a dead peer, not an idle one.
+        socket_timeout=30 if blocking else 10,
         socket_keepalive=True,
         health_check_interval=15,
         retry_on_timeout=False,

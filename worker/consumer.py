@@ -224,6 +224,13 @@ class Worker:
         except EngineError as exc:
             counts["failed"] = 1
             await publisher.send(EventKind.ERROR, str(exc))
+        except asyncio.CancelledError:
+            # Shutting down past the drain grace: say so now rather than leave the front end
+            # to time the sentence out.
+            counts["failed"] = 1
+            with contextlib.suppress(Exception):
+                await publisher.send(EventKind.ERROR, "worker shutting down")
+            raise
         except Exception as exc:
             log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
             counts["failed"] = 1

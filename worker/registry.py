@@ -89,6 +89,9 @@ class Registration:
     async def _beat(self) -> None:
         now = time.time()
         async with self._redis.pipeline(transaction=False) as pipe:
+            # The info is rewritten every beat: the hash may be gone (a Redis restart, a beat
+            # missed past the TTL), and without it the front end cannot use this worker.
+            pipe.hset(self._keys.worker(self._id), "info", self._info.pack())
             pipe.expire(self._keys.worker(self._id), int(self._ttl) + 1)
             pipe.zadd(self._keys.workers, {self._id: now})
             # Entries of workers that died without deregistering.

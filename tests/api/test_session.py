@@ -200,7 +200,7 @@ async def test_disconnect_stops_the_worker_within_one_chunk(
         redis_url, key_prefix, engine_options={"rtf": "1.0", "chunk_ms": "50"}
     ) as p:
         async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
-            await c.send("input.text", text="A rather long sentence to speak slowly. B. C. D. ")
+            await c.send("input.text", text="A rather long sentence to speak slowly. Bee. Sea. Dee. ")
             await c.expect("audio.start")
             await c.recv()
         # The connection is gone; wait for the worker to wind down.
