@@ -200,7 +200,9 @@ async def test_disconnect_stops_the_worker_within_one_chunk(
         redis_url, key_prefix, engine_options={"rtf": "1.0", "chunk_ms": "50"}
     ) as p:
         async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
-            await c.send("input.text", text="A rather long sentence to speak slowly. Bee. Sea. Dee. ")
+            await c.send(
+                "input.text", text="A rather long sentence to speak slowly. Bee. Sea. Dee. "
+            )
             await c.expect("audio.start")
             await c.recv()
         # The connection is gone; wait for the worker to wind down.
@@ -333,3 +335,75 @@ async def test_messages_are_json_text_frames(pipeline: Pipeline) -> None:
         await c.send_raw(json.dumps({"type": "session.config", "voice": "tone-low"}))
         frame = await c.ws.recv()
         assert isinstance(frame, str) and json.loads(frame)["voice"] == "tone-low"
+
+
+async def test_empty_text_deltas_open_no_utterance(pipeline: Pipeline) -> None:
+    async with Client.connect(pipeline, {"response_format": "pcm"}) as c:
+        await c.send("input.text", text="")
+        await c.send("session.config", response_format="mulaw")
+        assert (await c.expect("session.ready"))["format"] == "mulaw"
+        await c.send("input.text", text="")
+        await c.send("input.text", text="Real text.")
+        await c.send("input.done")
+        sentences, done = await c.utterance()
+    assert done["utterance_index"] == 0 and len(sentences) == 1
+
+
+async def test_session_close_with_nothing_to_say_closes_at_once(pipeline: Pipeline) -> None:
+    async with Client.connect(pipeline, {}) as c:
+        await c.send("input.text", text="   ")
+        await c.send("session.close")
+        assert await c.closed(timeout=3) == 1000
+
+
+async def test_cancel_after_done_ends_exactly_that_utterance(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with start_pipeline(redis_url, key_prefix, engine_options={"rtf": "1.0"}) as p:
+        async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
+            await c.send("input.text", text="Being delivered right now. Then more.")
+            await c.send("input.done")
+            await c.expect("audio.start")
+            await c.send("input.cancel")
+            while not isinstance(m := await c.recv(), dict) or m["type"] != "input.cancelled":
+                pass
+            assert m["utterance_index"] == 0
+            await c.send("input.text", text="Next.")
+            await c.send("input.done")
+            sentences, done = await c.utterance()
+    cancelled = [x for x in c.received if isinstance(x, dict) and x["type"] == "input.cancelled"]
+    assert len(cancelled) == 1, "one cancel ends one utterance"
+    assert done["utterance_index"] == 1
+
+
+async def test_a_sentence_ready_in_time_is_not_failed_by_its_queue_deadline(
+    redis_url: str, key_prefix: str
+) -> None:
+    # Sentence 1 is synthesized at once by the second worker but reaches the relay only
+    # after sentence 0 (~1.6 s of paced audio), past its 1 s queue deadline.
+    async with start_pipeline(
+        redis_url, key_prefix, workers=2, queue_timeout=1.0, engine_options={"rtf": "1.0"}
+    ) as p:
+        async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
+            await c.send("input.text", text="This one takes a long while. Quick.")
+            await c.send("input.done")
+            sentences, _ = await c.utterance()
+    assert [s.done["error"] for s in sentences] == [False, False]
+
+
+async def test_a_worker_whose_registry_entry_vanished_publishes_it_again(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with start_pipeline(redis_url, key_prefix, heartbeat_interval=0.1) as p:
+        hub = p.server.config.app.state.hub
+        await hub.redis.delete(hub.keys.worker(p.workers[0].id))  # e.g. a Redis restart
+        for _ in range(100):
+            if await hub.redis.hget(hub.keys.worker(p.workers[0].id), "info"):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.1)  # past the pool cache
+        async with Client.connect(p, {"response_format": "pcm"}) as c:
+            await c.send("input.text", text="Back in business.")
+            await c.send("input.done")
+            sentences, _ = await c.utterance()
+    assert len(sentences) == 1
