@@ -33,13 +33,15 @@ Rules for the ambiguous cases:
   started, such a chain is held.
 - German ordinal dates ("am 3. Oktober") do not split.
 - CJK ``。！？．`` and Devanagari ``।॥`` end a sentence without a following space and are
-  released at once, closing quotes/brackets right after them included. Only while a quote or
-  bracket is open is the end held for one more character, because only then can a closer
-  follow; holding on every ``。`` would cost every CJK sentence one token of latency.
+  released at once, with the closing quotes/brackets right after them. The end is held for
+  one more character only while a quote or bracket is open (only then can a closer follow)
+  or right after a closer (Japanese 「…。」と言った goes on); holding on every ``。`` would
+  cost every CJK sentence a token of latency. The price: a second mark arriving in a later
+  token ("？" then "！") is dropped, and so is a closer whose opener was never seen.
 - ``granularity="clause"`` also cuts after ``,;:`` + whitespace and after CJK ``，、；：``,
-  but only when the clause so far has at least ``MIN_CLAUSE_CHARS`` characters and two words
-  (a CJK clause counts as long enough by characters alone), so "Yes, I do." and "1, 2, 3"
-  stay whole and "1,000,000" is never cut (no whitespace after the commas).
+  but only when the clause so far has ``MIN_CLAUSE_CHARS`` letters or digits and two words
+  (a CJK clause needs the letters only), so "Yes, I do.", "a, b, c" and "苹果、香蕉、橘子"
+  stay whole, and "1,000,000" or "10:30" are never cut (no whitespace after the mark).
 - A piece longer than ``max_sentence_chars`` is cut as soon as the limit is passed: after the
   last clause mark or dash, else at the last space, else hard at the limit; a clause mark or
   space in the first third of the piece is not used, so a cut never leaves a tiny piece.
@@ -101,6 +103,7 @@ _DEPTH_CLOSE: Final = "”»)」』】〕〉》）］｝〗"
 _LATIN_CLAUSE: Final = ",;:"
 _CJK_CLAUSE: Final = "，、；："
 _DASHES: Final = "—–"
+_ORPHANS: Final = "」』】〕〉》）］｝〗”’) "
 _QUOTATIVE: Final = "とっ"  # Japanese 「…。」と言った: the quote is part of the sentence
 _ASCII_PUNCT: Final = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
@@ -140,10 +143,10 @@ def _lower_check(nxt: str, final: bool) -> int:
 
 
 def _long_enough(fragment: str) -> bool:
-    fragment = fragment.strip()
-    if len(fragment) < MIN_CLAUSE_CHARS:
+    # Letters and digits only: "苹果、香蕉、" is an enumeration, not a clause.
+    if len(_SPEAKABLE.findall(fragment)) < MIN_CLAUSE_CHARS:
         return False
-    return " " in fragment or _CJK.search(fragment) is not None
+    return " " in fragment.strip() or _CJK.search(fragment) is not None
 
 
 class SentenceSplitter:
@@ -472,7 +475,8 @@ class SentenceSplitter:
     # --- stage 2: sentence boundaries ----------------------------------------------------
 
     def _emit(self, out: list[str], piece: str) -> None:
-        text = " ".join(piece.split()).replace(" ,", ",")
+        # A closer can only start a piece when its opener is long gone (unbalanced input).
+        text = " ".join(piece.split()).replace(" ,", ",").lstrip(_ORPHANS)
         if _SPEAKABLE.search(text):
             out.append(text)
 

@@ -407,3 +407,27 @@ async def test_a_worker_whose_registry_entry_vanished_publishes_it_again(
             await c.send("input.done")
             sentences, _ = await c.utterance()
     assert len(sentences) == 1
+
+
+async def test_speed_reaches_the_engine(pipeline: Pipeline) -> None:
+    lengths = {}
+    for speed in (1.0, 2.0):
+        async with Client.connect(pipeline, {"response_format": "pcm", "speed": speed}) as c:
+            await c.send("input.text", text="Exactly the same words.")
+            await c.send("input.done")
+            sentences, _ = await c.utterance()
+            lengths[speed] = len(sentences[0].audio)
+    assert lengths[2.0] == pytest.approx(lengths[1.0] / 2, rel=0.05)
+
+
+async def test_clause_granularity_reaches_the_splitter(pipeline: Pipeline) -> None:
+    config = {"response_format": "pcm", "split_granularity": "clause"}
+    async with Client.connect(pipeline, config) as c:
+        await c.send("input.text", text="First the long clause, then another clause. End.")
+        await c.send("input.done")
+        sentences, _ = await c.utterance()
+    assert [s.start["sentence_text"] for s in sentences] == [
+        "First the long clause,",
+        "then another clause.",
+        "End.",
+    ]
