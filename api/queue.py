@@ -15,12 +15,14 @@ class JobQueue:
         self._maxlen = maxlen
         self._ttl = session_ttl
 
-    async def enqueue(self, job: Job) -> None:
+    async def enqueue(self, *jobs: Job) -> None:
+        """Queue jobs in order, in one round trip."""
         # Approximate trimming keeps XADD O(1); a backlog beyond maxlen loses its oldest
         # entries, which then fail on their queue deadline instead of hanging.
-        await self._redis.xadd(
-            self._keys.jobs, {"j": job.pack()}, maxlen=self._maxlen, approximate=True
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.xadd(self._keys.jobs, {"j": job.pack()}, maxlen=self._maxlen, approximate=True)
+            await pipe.execute()
 
     async def cancel(
         self, session_id: str, utterances: list[int] | None = None, sentence: int | None = None

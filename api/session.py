@@ -331,14 +331,19 @@ class Session:
         utt.changed.set()
 
     async def _enqueue_all(self, utt: Utterance, texts: list[str]) -> None:
+        if not texts:
+            return
+        jobs = []
+        now = time.monotonic()
         for text in texts:
-            sentence = Sentence(len(utt.sentences), text, time.monotonic())
+            sentence = Sentence(len(utt.sentences), text, now)
             # Registered before the job exists, so no event can arrive for an unknown sentence.
             utt.sentences.append(sentence)
             self._live[(utt.index, sentence.index)] = sentence
-            utt.changed.set()
-            self._enqueued_any = True
-            await self.hub.queue.enqueue(self._job(utt, sentence))
+            jobs.append(self._job(utt, sentence))
+        utt.changed.set()
+        self._enqueued_any = True
+        await self.hub.queue.enqueue(*jobs)
 
     def _job(self, utt: Utterance, sentence: Sentence) -> Job:
         config = self.config

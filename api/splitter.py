@@ -61,9 +61,9 @@ NON_TERMINAL_ABBREVIATIONS: Final = frozenset(
         # English
         "mr", "mrs", "ms", "mx", "dr", "prof", "sr", "jr", "st", "mt", "rev", "fr", "gen",
         "col", "capt", "lt", "sgt", "gov", "sen", "rep", "hon", "messrs", "vs", "e.g", "i.e",
-        "cf", "approx", "ca", "esp", "resp", "viz", "dept", "est",
+        "cf", "approx", "ca", "esp", "resp", "viz", "dept",
         # German
-        "z.b", "bzw", "d.h", "vgl", "sog", "ggf", "evtl", "hr", "fr", "o.ä", "u.ä",
+        "z.b", "bzw", "d.h", "vgl", "sog", "ggf", "evtl", "hr", "o.ä", "u.ä",
         # French, Spanish, Italian
         "mme", "mlle", "mmes", "sra", "srta", "dña", "ud", "uds", "dott", "sig", "p.ej",
     }
@@ -103,7 +103,7 @@ _DEPTH_CLOSE: Final = "”»)」』】〕〉》）］｝〗"
 _LATIN_CLAUSE: Final = ",;:"
 _CJK_CLAUSE: Final = "，、；："
 _DASHES: Final = "—–"
-_ORPHANS: Final = "」』】〕〉》）］｝〗”’) "
+_ORPHANS: Final = "」』】〕〉》）］｝〗”’) " + _LATIN_TERMS + _CJK_TERMS
 _QUOTATIVE: Final = "とっ"  # Japanese 「…。」と言った: the quote is part of the sentence
 _ASCII_PUNCT: Final = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
@@ -475,7 +475,8 @@ class SentenceSplitter:
     # --- stage 2: sentence boundaries ----------------------------------------------------
 
     def _emit(self, out: list[str], piece: str) -> None:
-        # A closer can only start a piece when its opener is long gone (unbalanced input).
+        # A closer or terminator starts a piece only when it came too late for the previous
+        # one (a CJK end is released at once) or its opener is long gone.
         text = " ".join(piece.split()).replace(" ,", ",").lstrip(_ORPHANS)
         if _SPEAKABLE.search(text):
             out.append(text)
@@ -614,9 +615,9 @@ class SentenceSplitter:
         self, buf: str, start: int, i: int, m: int, end: int, nxt: str, final: bool, closed: bool
     ) -> int:
         """Verdict for a single "." followed by whitespace: is the word before it an end?"""
-        space = buf.rfind(" ", start, i)
-        if space == i - 1:
+        if i > start and buf[i - 1] == " ":
             return _NOT  # " ." is a stray mark or a spaced ellipsis ". . ."
+        space = buf.rfind(" ", start, i)
         word = buf[space + 1 if space >= 0 else start : i].lstrip(_OPENERS)
         if not word:
             return _END

@@ -44,6 +44,9 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def items(self) -> list[tuple[Job, Cancellation]]:
+        return list(self._jobs.values())
+
 
 async def is_cancelled(redis: aioredis.Redis, keys: Keys, job: Job) -> bool:
     flags = await redis.smismember(
@@ -61,6 +64,11 @@ class CancelListener:
         self._in_flight = in_flight
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self._task: asyncio.Task[None] | None = None
+
+    async def _recheck(self) -> None:
+        for job, token in self._in_flight.items():
+            if await is_cancelled(self._client, self._keys, job):
+                token.set()
 
     async def start(self) -> None:
         await self._pubsub.subscribe(self._keys.cancel_channel)
@@ -81,9 +89,14 @@ class CancelListener:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=5.0
                 )
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 log.warning("cancel channel lost (%s); reconnecting", exc)
                 await asyncio.sleep(0.5)
+                # Notices published meanwhile are gone: ask the cancel sets instead.
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await self._recheck()
                 continue
             if message is not None and message["type"] == "message":
                 try:
