@@ -19,10 +19,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.audio.formats import SentenceEncoder
 from shared.config import Settings
 from shared.connections import connect
-from shared.keys import JOBS_GROUP, Keys
+from shared.keys import JOBS_GROUP, Keys, cancel_tokens
 from shared.streams import ensure_jobs_group
 from shared.wire import EventKind, Job
-from worker.cancellations import CancelListener, InFlight, is_cancelled
+from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
 from worker.publisher import SentencePublisher
 from worker.registry import Registration
@@ -172,21 +172,27 @@ class Worker:
     async def _run_job(self, redis: aioredis.Redis, job: Job, counts: dict[str, int]) -> None:
         token = self.in_flight.add(job)
         try:
+            publisher = SentencePublisher(redis, self.keys.audio_channel(job.session_id), job)
             # After add(): a cancel either is already marked here or will find the job in
-            # flight (the front end marks before it notifies).
-            if await is_cancelled(redis, self.keys, job):
+            # flight (the front end marks before it notifies). STARTED rides in the same round
+            # trip; for a cancelled sentence the front end has stopped listening anyway.
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.smismember(
+                    self.keys.cancelled(job.session_id), cancel_tokens(job.utterance, job.sentence)
+                )
+                publisher.send_in(pipe, EventKind.STARTED, self.id)
+                flags, _ = await pipe.execute()
+            if any(flags):
                 counts["skipped_cancelled"] = 1
             else:
-                counts.update(await self._synthesize(redis, job, token))
+                counts.update(await self._synthesize(job, token, publisher))
         finally:
             self.in_flight.remove(token)
 
     async def _synthesize(
-        self, redis: aioredis.Redis, job: Job, token: Cancellation
+        self, job: Job, token: Cancellation, publisher: SentencePublisher
     ) -> dict[str, int]:
         info = self.engine.info
-        publisher = SentencePublisher(redis, self.keys.audio_channel(job.session_id), job)
-        await publisher.send(EventKind.STARTED, self.id)
         encoder = SentenceEncoder(
             job.format,
             info.sample_rate,

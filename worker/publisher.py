@@ -18,8 +18,15 @@ class SentencePublisher:
         self.audio_bytes = 0
 
     async def send(self, kind: EventKind, data: Any = None) -> None:
+        await self._redis.publish(self._channel, self._next(kind, data))
+
+    def send_in(self, pipe: aioredis.client.Pipeline, kind: EventKind, data: Any = None) -> None:
+        """Queue the next event on a pipeline (sent with the pipeline's other commands)."""
+        pipe.publish(self._channel, self._next(kind, data))
+
+    def _next(self, kind: EventKind, data: Any) -> bytes:
         event = Event(kind, self._job.utterance, self._job.sentence, self._seq, data)
         self._seq += 1
         if kind is EventKind.AUDIO:
             self.audio_bytes += len(data)
-        await self._redis.publish(self._channel, event.pack())
+        return event.pack()
