@@ -24,7 +24,6 @@ from starlette.websockets import WebSocket, WebSocketState
 from api.hub import Hub
 from api.splitter import SentenceSplitter
 from shared import protocol
-from shared.capabilities import EngineInfo
 from shared.protocol import (
     ClientMessage,
     CloseCode,
@@ -79,7 +78,6 @@ class Session:
         self.settings = hub.settings
         self.id = uuid.uuid4().hex
         self.config = SessionConfig()
-        self.engine: EngineInfo | None = None
         self.voice = ""
         self.sample_rate = 0
         self.utterances: deque[Utterance] = deque()
@@ -212,7 +210,6 @@ class Session:
                 close=CloseCode.TRY_AGAIN_LATER,
             )
         self.config = protocol.parse_config(data, engine)
-        self.engine = engine
         self.voice = self.config.voice or engine.default_voice
         self.sample_rate = self.config.sample_rate or engine.sample_rate
         await self._send_json(

@@ -58,47 +58,26 @@ def stack() -> Iterator[Stack]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     common = ["--redis-url", REDIS_URL, "--key-prefix", prefix]
     worker_ids = [f"w{i}-{prefix}" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voxline",
-                "--log-level",
-                "warning",
-                "api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *common,
-            ],
-            env=env,
-        )
-    ]
+
+    def voxline(*args: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "voxline", "--log-level", "warning", *args, *common]
+        return subprocess.Popen(cmd, env=env)
+
+    procs = [voxline("api", "--host", "127.0.0.1", "--port", str(port))]
     for worker_id in worker_ids:
         procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "voxline",
-                    "--log-level",
-                    "warning",
-                    "worker",
-                    *common,
-                    "--engine",
-                    "tone",
-                    "--engine-opt",
-                    "rtf=0.25",
-                    "--engine-opt",
-                    "chunk_ms=40",
-                    "--concurrency",
-                    "4",
-                    "--worker-id",
-                    worker_id,
-                ],
-                env=env,
+            voxline(
+                "worker",
+                "--engine",
+                "tone",
+                "--engine-opt",
+                "rtf=0.25",
+                "--engine-opt",
+                "chunk_ms=40",
+                "--concurrency",
+                "4",
+                "--worker-id",
+                worker_id,
             )
         )
     http = f"http://127.0.0.1:{port}"
