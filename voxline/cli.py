@@ -56,7 +56,15 @@ def _add_http(parser: argparse.ArgumentParser, *, host: str) -> None:
 
 
 def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
-    parser.add_argument("--engine", default=default, help="espeak (default) or tone")
+    parser.add_argument(
+        "--engine", default=default, help="espeak (default), pocket-tts, vits or tone"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model of a neural engine: a local checkpoint directory or a hub id "
+        "(same as --engine-opt model=...)",
+    )
     parser.add_argument(
         "--engine-opt",
         action="append",
@@ -65,7 +73,11 @@ def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
         help="engine option, repeatable (e.g. --engine-opt rtf=0.5 for tone)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="sentences this worker synthesizes at once"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="most sentences this worker holds at once (default: what the engine measures "
+        "it can keep real time with, or 1)",
     )
     if "--key-prefix" not in parser._option_string_actions:
         parser.add_argument("--key-prefix", default=None, help="Redis key prefix")
@@ -103,7 +115,10 @@ def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from worker.engines import load_engine
 
     try:
-        return load_engine(args.engine, _engine_options(args.engine_opt))
+        options = _engine_options(args.engine_opt)
+        if args.model is not None:
+            options["model"] = args.model
+        return load_engine(args.engine, options)
     except ValueError as exc:
         raise SystemExit(f"voxline: {exc}") from None
 

@@ -45,10 +45,10 @@ class Worker:
         engine: Engine,
         *,
         worker_id: str | None = None,
-        concurrency: int = 1,
+        concurrency: int | None = None,
         heartbeat_file: str | None = None,
     ) -> None:
-        if concurrency < 1:
+        if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.settings = settings
         self.engine = engine
@@ -61,6 +61,8 @@ class Worker:
         self._redis: aioredis.Redis | None = None
         self._registration: Registration | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self.claimed_max = 0  # the most jobs held at once (tests check it never beats slots)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -87,10 +89,10 @@ class Worker:
             await self._registration.start()
             self.ready.set()
             log.info(
-                "worker %s: engine %s, concurrency %d",
+                "worker %s: engine %s, %d slots",
                 self.id,
                 self.engine.info.name,
-                self.concurrency,
+                self.slots(),
             )
             await self._consume(reader)
         finally:
@@ -101,40 +103,50 @@ class Worker:
             await redis.aclose()
             await self.engine.close()
 
-    async def _consume(self, reader: aioredis.Redis) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+    def slots(self) -> int:
+        """Jobs this worker may hold at once: the engine's measured capacity when it has one
+        (capped by an explicit `--concurrency`), else `--concurrency` (default 1)."""
+        capacity = self.engine.capacity()
+        if capacity is None:
+            return self.concurrency or 1
+        return min(capacity, self.concurrency) if self.concurrency else capacity
+
+    async def _free_slots(self) -> int:
         while True:
-            # Take only as many jobs as there are free slots, so that the sentences of one
-            # session spread over the pool instead of queueing behind one worker.
-            await slots.acquire()
-            free = 1
-            while not slots.locked():
-                await slots.acquire()
-                free += 1
+            free = self.slots() - len(self._tasks)
+            if free > 0:
+                return free
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    async def _consume(self, reader: aioredis.Redis) -> None:
+        while True:
+            # Take only as many jobs as there are free slots: the rest stay in the stream for
+            # other workers instead of queueing here (a session's sentences spread over the pool).
+            free = await self._free_slots()
             try:
                 reply = await reader.xreadgroup(
                     JOBS_GROUP, self.id, {self.keys.jobs: ">"}, count=free, block=_BLOCK_MS
                 )
             except ResponseError as exc:
-                for _ in range(free):
-                    slots.release()
                 if "NOGROUP" not in str(exc):
                     raise
                 await ensure_jobs_group(self._redis, self.keys)  # the stream was deleted
                 continue
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                for _ in range(free):
-                    slots.release()
                 log.warning("jobs stream unreachable (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
             entries = [entry for _stream, batch in (reply or []) for entry in batch]
-            for _ in range(free - len(entries)):
-                slots.release()
+            self.claimed_max = max(self.claimed_max, len(self._tasks) + len(entries))
             for entry_id, fields in entries:
-                task = asyncio.create_task(self._process(entry_id, fields, slots))
+                task = asyncio.create_task(self._process(entry_id, fields))
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
 
     async def _drain(self, grace: float = 10.0) -> None:
         if not self._tasks:
@@ -144,9 +156,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _process(
-        self, entry_id: bytes, fields: dict[bytes, bytes], slots: asyncio.Semaphore
-    ) -> None:
+    async def _process(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         redis = self._redis
         assert redis is not None and self._registration is not None
         counts = {"taken": 1}
@@ -161,7 +171,6 @@ class Worker:
         except Exception:
             log.exception("job %r failed outside the engine", entry_id)
         finally:
-            slots.release()
             with contextlib.suppress(Exception):
                 async with redis.pipeline(transaction=False) as pipe:
                     pipe.xack(self.keys.jobs, JOBS_GROUP, entry_id)
@@ -205,6 +214,7 @@ class Worker:
             language=job.language,
             speed=job.speed,
             word_timestamps=job.word_timestamps,
+            extra=job.extra,
         )
         counts = {"started": 1, "chunks": 0}
         try:

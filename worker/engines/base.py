@@ -41,6 +41,8 @@ class SynthesisRequest:
     language: str = "Auto"
     speed: float = 1.0
     word_timestamps: bool = False
+    # Compatibility fields the engine advertised in `info.extra_fields` (ref_audio, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Cancellation:
@@ -82,6 +84,11 @@ class Engine(ABC):
 
     async def close(self) -> None:  # noqa: B027
         """Release what `start()` acquired."""
+
+    def capacity(self) -> int | None:
+        """How many sentences the engine can serve at once right now (None: no opinion, the
+        worker's `--concurrency` decides). The worker never holds more jobs than this."""
+        return None
 
     @abstractmethod
     def synthesize(

@@ -1,0 +1,1 @@
+"""The Pocket TTS engine: loading, voices, continuous batching, streaming codec."""

@@ -1,0 +1,121 @@
+"""Loading a Pocket TTS checkpoint (hub id or local directory) once per process, on a chosen
+device and dtype, with one clear error when it is not there."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    PocketTTSAudioTokenizerModel,
+    PocketTTSFeatureExtractor,
+    PocketTTSForConditionalGeneration,
+    PocketTTSProcessor,
+)
+
+log = logging.getLogger("voxline.worker.pocket")
+
+DEFAULT_MODEL = "kyutai/pocket-tts"
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        # bf16 halves memory traffic on GPUs; CPUs here lack fast bf16 matmuls.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be auto or one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]
+
+
+def configure_threads(device: torch.device, threads: int | None) -> int:
+    """Intra-op threads for CPU inference: by default every CPU this process may use."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    count = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
+
+
+@dataclass(slots=True)
+class Loaded:
+    model: PocketTTSForConditionalGeneration
+    processor: PocketTTSProcessor
+    codec: PocketTTSAudioTokenizerModel
+    voices_dir: Path | None
+
+
+def _missing(model_id: str, exc: Exception) -> ModelNotFound:
+    return ModelNotFound(
+        f"Pocket TTS model {model_id!r} could not be loaded ({type(exc).__name__}: {exc}). "
+        "This worker does not download at run time when offline: on a connected machine run "
+        f"`huggingface-cli download {model_id} --local-dir DIR`, copy DIR here and start the "
+        "worker with `--model DIR` (or set HF_HOME to a cache that holds it)."
+    )
+
+
+def _processor(source: str, local: Path | None, codec_kwargs: dict) -> PocketTTSProcessor:
+    """The processor; a local checkpoint may name its audio tokenizer relative to itself,
+    which transformers would resolve against the current directory instead."""
+    if local is not None and (local / "processor_config.json").exists():
+        data = json.loads((local / "processor_config.json").read_text())
+        codec_ref = (data.get("audio_tokenizer") or {}).get("audio_tokenizer_name_or_path")
+        if codec_ref and not Path(codec_ref).is_absolute() and (local / codec_ref).is_dir():
+            codec = PocketTTSAudioTokenizerModel.from_pretrained(local / codec_ref, **codec_kwargs)
+            options = {
+                key: data[key]
+                for key in (
+                    "short_text_max_words",
+                    "frames_after_eos_short_text",
+                    "frames_after_eos",
+                    "fade_in_duration",
+                )
+                if key in data
+            }
+            template = local / "chat_template.jinja"
+            return PocketTTSProcessor(
+                feature_extractor=PocketTTSFeatureExtractor.from_pretrained(local),
+                tokenizer=AutoTokenizer.from_pretrained(local),
+                audio_tokenizer=codec,
+                chat_template=template.read_text() if template.exists() else None,
+                **options,
+            )
+    return AutoProcessor.from_pretrained(source, **codec_kwargs)
+
+
+def load(model_id: str, device: torch.device, dtype: torch.dtype) -> Loaded:
+    local = Path(model_id) if Path(model_id).is_dir() else None
+    offline = local is not None or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    kwargs = {"local_files_only": offline}
+    try:
+        model = PocketTTSForConditionalGeneration.from_pretrained(model_id, dtype=dtype, **kwargs)
+        processor = _processor(model_id, local, {**kwargs, "dtype": dtype})
+    except OSError as exc:
+        raise _missing(model_id, exc) from exc
+    codec = processor.audio_tokenizer
+    if codec is None:
+        raise ModelNotFound(f"Pocket TTS model {model_id!r} has no audio tokenizer to decode with")
+    model.to(device).eval()
+    codec.to(device).eval()
+    voices = local / "voices" if local is not None and (local / "voices").is_dir() else None
+    log.info("loaded Pocket TTS %s on %s (%s)", model_id, device, dtype)
+    return Loaded(model=model, processor=processor, codec=codec, voices_dir=voices)

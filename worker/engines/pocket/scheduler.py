@@ -1,0 +1,254 @@
+"""Continuous batching: one loop per model that steps every active sentence together, admits
+new ones at step boundaries (their prefill batched), decodes every new frame to PCM at once,
+and retires finished or cancelled sentences, freeing their slots for the next step.
+
+The loop runs on its own thread (torch releases the GIL in its kernels); the event loop
+hands it sentences with `submit()` and gets PCM back through each stream's `emit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from worker.engines.base import Cancellation, EngineError
+from worker.engines.pocket.backbone import Backbone, Sentence
+from worker.engines.pocket.capacity import CapacityModel
+from worker.engines.pocket.codec import CodecState, StreamingDecoder
+from worker.engines.pocket.voices import Voices
+
+log = logging.getLogger("voxline.worker.pocket")
+
+END = object()  # emitted once a stream has nothing more to give
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    """One sentence from submission to its last PCM chunk."""
+
+    text: str
+    voice: str
+    seed: int
+    cancel: Cancellation
+    emit: Callable[[object], None]  # thread-safe: a PCM chunk (int16), an EngineError or END
+    first_chunk_frames: int = 1
+    ref_audio: str | None = None
+    max_frames: int | None = None
+    sentence: Sentence | None = None
+    codec: CodecState | None = None
+    pending: list[torch.Tensor] = field(default_factory=list)
+    chunks: int = 0
+
+
+@dataclass(slots=True)
+class Stats:
+    steps: int = 0
+    admitted: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    max_batch: int = 0
+    backbone_s: float = 0.0
+    decoder_s: float = 0.0
+    frames: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        backbone: Backbone,
+        decoder: StreamingDecoder,
+        voices: Voices,
+        *,
+        max_slots: int,
+        capacity: CapacityModel,
+        record_batches: bool = False,
+    ) -> None:
+        self.backbone = backbone
+        self.decoder = decoder
+        self.voices = voices
+        self.max_slots = max_slots
+        self.capacity = capacity
+        self.stats = Stats()
+        self._record = record_batches
+        self._inbox: queue.SimpleQueue[Stream | None] = queue.SimpleQueue()
+        self._waiting: list[Stream] = []
+        self._active: list[Stream] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- the event loop's side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pocket-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._inbox.put(None)
+        self._thread.join()
+        self._thread = None
+
+    def submit(self, stream: Stream) -> None:
+        self._inbox.put(stream)
+
+    @property
+    def slots(self) -> int:
+        """How many sentences this model can run at once and keep each faster than real time."""
+        return min(self.max_slots, self.capacity.streams())
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def drain(self) -> None:
+        """Run the loop on the calling thread until nothing is left (calibration, tests);
+        only while the scheduler thread is not running."""
+        assert self._thread is None
+        with torch.inference_mode():
+            while True:
+                while True:
+                    try:
+                        self._take(self._inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if not self._active and not self._waiting:
+                    return
+                self._iterate()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            self._loop()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            if not self._active and not self._waiting:
+                self._take(self._inbox.get())  # idle: block until work arrives
+            while True:
+                try:
+                    self._take(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            if self._stopping:
+                break
+            try:
+                self._iterate()
+            except Exception:  # a bug must not leave callers waiting forever
+                log.exception("pocket scheduler step failed")
+                for stream in self._active + self._waiting:
+                    self._fail(stream, EngineError("engine failure: scheduler step failed"))
+                self._active.clear()
+                self._waiting.clear()
+        for stream in self._active + self._waiting:
+            self._fail(stream, EngineError("worker shutting down"))
+
+    def _take(self, stream: Stream | None) -> None:
+        if stream is None:
+            self._stopping = True
+        else:
+            self._waiting.append(stream)
+
+    def _iterate(self) -> None:
+        self._drop_cancelled()
+        admitted = self._admit()
+        running = [s for s in self._active if s not in admitted]
+        started = time.perf_counter()
+        latents: list[tuple[Stream, torch.Tensor]] = []
+        if admitted:
+            out = self.backbone.admit([s.sentence for s in admitted])
+            latents += list(zip(admitted, out, strict=True))
+        if running:
+            out = self.backbone.step([s.sentence for s in running])
+            latents += list(zip(running, out, strict=True))
+        backbone_done = time.perf_counter()
+        self._decode(latents)
+        finished = time.perf_counter()
+        stats = self.stats
+        stats.steps += 1
+        stats.frames += len(latents)
+        stats.max_batch = max(stats.max_batch, len(latents))
+        stats.backbone_s += backbone_done - started
+        stats.decoder_s += finished - backbone_done
+        if self._record:
+            stats.batch_sizes.append(len(latents))
+        if not admitted:  # prefill spikes are transient: fit the steady step cost only
+            self.capacity.observe(len(running), finished - started)
+        self._retire()
+
+    def _drop_cancelled(self) -> None:
+        for stream in [s for s in self._waiting if s.cancel.is_set()]:
+            self._waiting.remove(stream)
+            self.stats.cancelled += 1
+            stream.emit(END)
+        for stream in [s for s in self._active if s.cancel.is_set()]:
+            self._active.remove(stream)
+            self.backbone.release(stream.sentence)
+            self.stats.cancelled += 1
+            stream.emit(END)
+
+    def _admit(self) -> list[Stream]:
+        room = min(self.backbone.free_slots, self.max_slots - len(self._active))
+        admitted = []
+        while self._waiting and len(admitted) < room:
+            stream = self._waiting.pop(0)
+            try:
+                prompt = self.voices.prompt(
+                    stream.text, stream.voice, stream.ref_audio, stream.max_frames
+                )
+            except EngineError as exc:
+                self._fail(stream, exc)
+                continue
+            stream.sentence = Sentence(
+                text_ids=prompt.text_ids,
+                prefix=prompt.prefix,
+                frames_after_eos=prompt.frames_after_eos,
+                max_frames=prompt.max_frames,
+                seed=stream.seed,
+            )
+            stream.codec = self.decoder.new_state()
+            admitted.append(stream)
+        self._active.extend(admitted)
+        self.stats.admitted += len(admitted)
+        return admitted
+
+    def _decode(self, latents: list[tuple[Stream, torch.Tensor]]) -> None:
+        """Turn new frames into PCM: every frame at once, except that a stream's first chunk
+        waits for its `first_chunk_frames`; streams needing the same frame count share a call."""
+        groups: dict[int, list[Stream]] = {}
+        for stream, latent in latents:
+            stream.pending.append(latent)
+            want = stream.first_chunk_frames if stream.chunks == 0 else 1
+            if len(stream.pending) >= want or stream.sentence.finished:
+                groups.setdefault(len(stream.pending), []).append(stream)
+        for streams in groups.values():
+            batch = torch.stack([torch.stack(s.pending) for s in streams])
+            pcm = self.decoder.step(batch, [s.codec for s in streams])
+            audio = np.clip(pcm.numpy() * 32767.0, -32768, 32767).astype(np.int16)
+            for stream, row in zip(streams, audio, strict=True):
+                stream.pending.clear()
+                stream.chunks += 1
+                stream.emit(row)
+
+    def _retire(self) -> None:
+        for stream in [s for s in self._active if s.sentence.finished]:
+            self._active.remove(stream)
+            self.backbone.release(stream.sentence)
+            self.stats.completed += 1
+            stream.emit(END)
+
+    def _fail(self, stream: Stream, error: EngineError) -> None:
+        self.stats.failed += 1
+        if stream.sentence is not None:
+            self.backbone.release(stream.sentence)
+        stream.emit(error)
