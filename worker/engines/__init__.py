@@ -10,7 +10,7 @@ from worker.engines.base import Engine
 ENGINES: dict[str, str] = {
     "espeak": "worker.engines.espeak:EspeakEngine",
     "tone": "worker.engines.tone:ToneEngine",
-    # "pocket": "worker.engines.pocket:PocketEngine",  # future neural engine (transformers)
+    "pocket-tts": "worker.engines.pocket.engine:PocketTTSEngine",
 }
 
 
