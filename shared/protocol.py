@@ -168,6 +168,8 @@ def check_engine(config: SessionConfig, engine: EngineInfo) -> None:
     for name in config.extra_fields():
         if name not in engine.extra_fields:
             raise _invalid_config(name, f"engine {engine.name} cannot honour this field")
+    if config.task_type == "Base" and config.ref_audio is None:
+        raise _invalid_config("ref_audio", "task_type Base clones a voice: ref_audio is required")
 
 
 @dataclass(frozen=True, slots=True)

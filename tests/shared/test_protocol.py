@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from shared.capabilities import EngineInfo
@@ -105,3 +107,14 @@ def test_config_the_engine_honours() -> None:
     )
     assert config.speed == 2.0
     assert config.extra_fields() == {"instructions": "calm"}
+
+
+def test_cloning_needs_its_reference_clip() -> None:
+    cloner = replace(ENGINE, task_types=("CustomVoice", "Base"), extra_fields=("ref_audio",))
+    with pytest.raises(ProtocolError) as caught:
+        parse_config({"type": "session.config", "task_type": "Base"}, cloner)
+    assert caught.value.field == "ref_audio"
+    config = parse_config(
+        {"type": "session.config", "task_type": "Base", "ref_audio": "UklG"}, cloner
+    )
+    assert config.extra_fields() == {"ref_audio": "UklG"}
