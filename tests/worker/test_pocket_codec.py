@@ -15,7 +15,7 @@ from transformers.models.pocket_tts.processing_pocket_tts import PocketTTSProces
 from worker.engines.pocket.codec import CodecState, StreamingDecoder
 
 LATENT_DIM = 8
-WINDOW = 8  # decoder transformer positions; 2 latent frames at latent_stride 4
+WINDOW = 16  # decoder transformer positions: 4 latent frames at latent_stride 4
 FRAMES = 24  # 96 transformer positions: the window is exceeded many times over
 TOLERANCE = 1e-5  # max abs error relative to the reference's peak (float32 gives ~5e-7)
 
@@ -215,6 +215,29 @@ def test_step_checks_its_arguments(codec: PocketTTSAudioTokenizerModel) -> None:
     assert state.frames == 0
     empty: list[CodecState] = []
     assert decoder.step(torch.zeros(0, 2, LATENT_DIM), empty).shape == (0, 48)
+
+
+def test_a_failed_step_leaves_the_states_usable(
+    codec: PocketTTSAudioTokenizerModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # keys are appended in place: a call dying after the transformer must not corrupt them.
+    # Failing on consecutive calls hits both an in-place append and a move to new buffers.
+    decoder = StreamingDecoder(codec)
+    frames = [latents(FRAMES, seed=12), latents(FRAMES, seed=13)]
+    states = [decoder.new_state(), decoder.new_state()]
+    audio: list[list[torch.Tensor]] = [[], []]
+    for start in range(FRAMES):
+        batch = torch.stack([f[start : start + 1] for f in frames])
+        if 5 <= start <= 9:
+            with monkeypatch.context() as patch:
+                patch.setattr(decoder, "_fade_in", lambda *_: 1 / 0)
+                with pytest.raises(ZeroDivisionError):
+                    decoder.step(batch, states)
+            assert [s.frames for s in states] == [start, start]
+        for row, out in zip(audio, decoder.step(batch, states), strict=True):
+            row.append(out)
+    for row, f in zip(audio, frames, strict=True):
+        assert_matches(torch.cat(row), reference(codec, f))
 
 
 def test_bfloat16(codec: PocketTTSAudioTokenizerModel) -> None:

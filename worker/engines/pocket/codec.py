@@ -10,7 +10,8 @@ modules (same weights, same ops) incrementally:
   yet (the whole-utterance decode trims them off the right end), bias left out of them so that it
   is added exactly once per sample;
 - each decoder transformer layer carries the keys/values of the `sliding_window - 1` latest
-  positions (RoPE already applied), which is all a sliding-window query can still see.
+  positions (RoPE already applied), which is all a sliding-window query can still see; they sit
+  in a buffer with room after them, so a call appends in place instead of copying the window.
 
 Concatenating the chunks of a stream equals `PocketTTSProcessor.decode` (whole-utterance decode
 and its linear fade-in) up to float rounding. A `step` stacks the states of the streams it is
@@ -43,17 +44,27 @@ _STREAMABLE_PAD_MODES = ("constant", "replicate")
 
 
 class _Carry:
-    """The carried tensors of the rows of one `step` call, batch first; states index into it.
+    """What the rows of one `step` call carry, batch first; each state points at its row.
 
-    Sharing one batch tensor per slot (instead of a copy per stream) means the next call needs no
-    copy at all when it is given the same streams in the same order, the steady state.
+    `conv` holds one small tensor per slot (conv left contexts, transposed-conv tails), replaced
+    every call. `keys`/`values` hold one (rows, kv_heads, capacity, head_dim) buffer per layer,
+    each row's window being columns [end - keep, end): a call writes its new keys after `end`, so
+    the same rows in the same order (the steady state) cost no copy at all, and the columns its
+    states read are never overwritten (a call that fails leaves them usable).
     """
 
-    __slots__ = ("tensors", "rows")
+    __slots__ = ("conv", "keys", "values", "end", "rows")
 
-    def __init__(self, tensors: list[torch.Tensor], rows: int) -> None:
-        self.tensors = tensors
-        self.rows = rows
+    def __init__(
+        self,
+        conv: list[torch.Tensor],
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        end: int,
+        rows: int,
+    ) -> None:
+        self.conv, self.keys, self.values = conv, keys, values
+        self.end, self.rows = end, rows
 
 
 class CodecState:
@@ -80,10 +91,14 @@ class _Slots:
 
 @dataclass
 class _Step:
-    """Per-call inputs of the ops: the carry read (`old`) and the carry written (`new`)."""
+    """Per-call inputs of the ops: the conv carry read (`old`) and written (`new`), the key/value
+    buffers and where this call's positions go in them (`end`)."""
 
     old: list[torch.Tensor]
-    new: list[torch.Tensor | None]
+    new: list[torch.Tensor]  # starts as a copy of `old`; every op replaces its slots
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    end: int
     fresh: torch.Tensor | None  # (B,) rows on their first frame; only for replicate padding
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
@@ -190,15 +205,13 @@ class _TransformerLayer:
     """`PocketTTSAudioTokenizerTransformerLayer` over new positions plus the cached window."""
 
     def __init__(
-        self, layer: PocketTTSAudioTokenizerTransformerLayer, slots: _Slots, keep: int
+        self, layer: PocketTTSAudioTokenizerTransformerLayer, index: int, keep: int
     ) -> None:
         self.layer = layer
-        attn = layer.self_attn
-        self.head_dim = attn.head_dim
-        self.groups = attn.num_key_value_groups
+        self.index = index
         self.keep = keep
-        self.k_slot = slots.add(attn.num_key_value_heads, keep, attn.head_dim)
-        self.v_slot = slots.add(attn.num_key_value_heads, keep, attn.head_dim)
+        self.head_dim = layer.self_attn.head_dim
+        self.groups = layer.self_attn.num_key_value_groups
 
     def __call__(self, h: torch.Tensor, step: _Step) -> torch.Tensor:
         layer, attn = self.layer, self.layer.self_attn
@@ -209,15 +222,14 @@ class _TransformerLayer:
         k = attn.k_proj(x).view(shape).transpose(1, 2)
         v = attn.v_proj(x).view(shape).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, step.cos, step.sin)
-        keys = torch.cat([step.old[self.k_slot], k], dim=2)
-        values = torch.cat([step.old[self.v_slot], v], dim=2)
-        # views: the kept part is most of the concatenation, a copy would buy nothing
-        step.new[self.k_slot] = keys[:, :, keys.shape[2] - self.keep :]
-        step.new[self.v_slot] = values[:, :, values.shape[2] - self.keep :]
+        window = slice(step.end - self.keep, step.end + length)
+        keys, values = step.keys[self.index], step.values[self.index]
+        keys[:, :, step.end : window.stop] = k
+        values[:, :, step.end : window.stop] = v
         out = F.scaled_dot_product_attention(
             q,
-            repeat_kv(keys, self.groups),
-            repeat_kv(values, self.groups),
+            repeat_kv(keys[:, :, window], self.groups),
+            repeat_kv(values[:, :, window], self.groups),
             attn_mask=step.mask,
             scale=attn.scaling,
         )
@@ -258,7 +270,11 @@ class StreamingDecoder:
         self._keep = config.sliding_window - 1
         transformer = decoder.decoder_transformer
         self._rotary = transformer.rotary_emb
-        self._layers = [_TransformerLayer(layer, slots, self._keep) for layer in transformer.layers]
+        self._layers = [
+            _TransformerLayer(layer, i, self._keep) for i, layer in enumerate(transformer.layers)
+        ]
+        attn = transformer.layers[0].self_attn
+        self._kv_shape = (attn.num_key_value_heads, attn.head_dim)
         self._seanet = [_compile(layer, slots) for layer in decoder.decoder_seanet.layers]
         hop = math.prod(op.stride for op in _transposes(self._seanet))
         if self._tokens_per_frame * hop != self.frame_size or config.audio_channels != 1:
@@ -285,11 +301,18 @@ class StreamingDecoder:
         batch, frames = self._check(latents, states)
         if batch == 0:
             return torch.zeros(0, frames * self.frame_size)
-        old = self._gather(states)
+        carry = self._stack(states, frames * self._tokens_per_frame)
         fresh = None
         if self._replicate and any(s.frames == 0 for s in states):
             fresh = torch.tensor([s.frames == 0 for s in states], device=self.device)
-        step = _Step(old=old, new=[None] * len(old), fresh=fresh)
+        step = _Step(
+            old=carry.conv,
+            new=list(carry.conv),
+            keys=carry.keys,
+            values=carry.values,
+            end=carry.end,
+            fresh=fresh,
+        )
 
         x = latents.to(device=self.device, dtype=self.dtype).transpose(1, 2)
         x = self.tokenizer.latent_proj(x)  # 1x1: no carry
@@ -302,9 +325,10 @@ class StreamingDecoder:
 
         audio = x[:, 0].float().cpu()
         self._fade_in(audio, states)
-        carry = _Carry(step.new, batch)  # type: ignore[arg-type]  # every slot written above
+        end = carry.end + frames * self._tokens_per_frame
+        done = _Carry(step.new, carry.keys, carry.values, end, batch)
         for row, state in enumerate(states):
-            state._carry, state._row = carry, row
+            state._carry, state._row = done, row
             state.frames += frames
         return audio
 
@@ -315,19 +339,63 @@ class StreamingDecoder:
             raise ValueError("a stream's state appears twice in one step")
         return latents.shape[0], latents.shape[1]
 
-    def _gather(self, states: Sequence[CodecState]) -> list[torch.Tensor]:
-        """Stack the rows' carries, one batch tensor per slot (no copy in the steady state)."""
-        first = states[0]._carry
-        if first is not None and first.rows == len(states):
+    def _stack(self, states: Sequence[CodecState], length: int) -> _Carry:
+        """The rows' carries as one batch, with room for `length` new positions."""
+        batch, first, keep = len(states), states[0]._carry, self._keep
+        if first is not None and first.rows == batch:
             if all(s._carry is first and s._row == row for row, s in enumerate(states)):
-                return first.tensors
-        if all(s._carry is None for s in states):
-            return [z.expand(len(states), *z.shape[1:]) for z in self._zeros]
-        sources = [(s._carry.tensors, s._row) if s._carry else (None, 0) for s in states]
+                if first.end + length <= first.keys[0].shape[2]:
+                    return first  # the steady state: nothing to copy
+                # out of room: the windows move to the front of new buffers (new, so the states
+                # keep theirs until this call succeeds); once per ~keep / length calls
+                keys, values = self._kv_buffers(batch, length)
+                for new, old in zip(keys + values, first.keys + first.values, strict=True):
+                    new[:, :, :keep] = old[:, :, first.end - keep : first.end]
+                return _Carry(first.conv, keys, values, keep, batch)
+        keys, values = self._kv_buffers(batch, length)
+        fresh = [row for row, s in enumerate(states) if s._carry is None]
+        if len(fresh) == batch:
+            for new in keys + values:
+                new[:, :, :keep].zero_()
+            # zero conv carries are only read, so broadcast views do
+            conv = [z.expand(batch, *z.shape[1:]) for z in self._zeros]
+            return _Carry(conv, keys, values, keep, batch)
+        if fresh:
+            # a fresh row's window is masked off, but must be finite: 0 * NaN is NaN
+            index = torch.tensor(fresh, device=self.device)
+            for new in keys + values:
+                new[index, :, :keep] = 0
+        conv = [z.expand(batch, *z.shape[1:]).clone() for z in self._zeros]
+        for carry, rows, src in self._by_carry(states):
+            for new, old in zip(conv, carry.conv, strict=True):
+                new[rows] = old[src]
+            for new, old in zip(keys + values, carry.keys + carry.values, strict=True):
+                new[rows, :, :keep] = old[src, :, carry.end - keep : carry.end]
+        return _Carry(conv, keys, values, keep, batch)
+
+    def _by_carry(
+        self, states: Sequence[CodecState]
+    ) -> list[tuple[_Carry, torch.Tensor, torch.Tensor]]:
+        """(carry, rows here, rows there) per earlier call the rows come from: one batched copy
+        each, not one per row."""
+        found: dict[int, tuple[_Carry, list[int], list[int]]] = {}
+        for row, state in enumerate(states):
+            if state._carry is not None:
+                _, rows, src = found.setdefault(id(state._carry), (state._carry, [], []))
+                rows.append(row)
+                src.append(state._row)
         return [
-            torch.cat([t[slot][row : row + 1] if t is not None else zero for t, row in sources])
-            for slot, zero in enumerate(self._zeros)
+            (carry, torch.tensor(rows, device=self.device), torch.tensor(src, device=self.device))
+            for carry, rows, src in found.values()
         ]
+
+    def _kv_buffers(self, batch: int, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Uninitialised: the caller fills each row's window, the call writes after it."""
+        heads, head_dim = self._kv_shape
+        # room for `keep` more positions after the window: a move every ~keep / length calls
+        shape = (batch, heads, self._keep + max(self._keep, length), head_dim)
+        keys = [torch.empty(shape, device=self.device, dtype=self.dtype) for _ in self._layers]
+        return keys, [torch.empty_like(k) for k in keys]
 
     def _transformer(
         self, h: torch.Tensor, states: Sequence[CodecState], step: _Step
