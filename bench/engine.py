@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from worker.engines.base import Cancellation, SynthesisRequest  # noqa: E402
 from worker.engines.pocket.checkpoint import build_checkpoint  # noqa: E402
 from worker.engines.pocket.engine import PocketTTSEngine  # noqa: E402
+from worker.engines.pocket.scheduler import Stats  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank today."
 DEFAULT_NS = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32]
@@ -155,11 +156,18 @@ async def main() -> None:
     baseline: dict[int, dict] = {}
     header = (
         f"{'N':>4} {'agg x':>7} {'slow x':>7} {'ttfa50':>8} {'ttfa99':>8} | "
-        f"{'base agg':>8} {'base slow':>9} {'base ttfa99':>11} | {'speedup':>7} {'ttfa/':>6}"
+        f"{'base agg':>8} {'base slow':>9} {'base ttfa99':>11} | {'speedup':>7} {'ttfa/':>6} | "
+        f"{'bb ms':>6} {'dec ms':>6}"
     )
     print(header)
     for n in ns:
+        engine.scheduler.stats = Stats()
         batched[n] = await run_scheduler(engine, n, frames)
+        st = engine.scheduler.stats
+        steps = max(st.steps, 1)
+        # Per step, over this N's run: the backbone (prefill included) and the codec.
+        batched[n]["backbone_ms"] = st.backbone_s * 1000 / steps
+        batched[n]["decoder_ms"] = st.decoder_s * 1000 / steps
         baseline[n] = summarize(base_runs[:n], base_runs[n - 1][1], rate)
         b, s = baseline[n], batched[n]
         print(
@@ -167,15 +175,9 @@ async def main() -> None:
             f"{s['ttfa_p50_ms']:>8.0f} {s['ttfa_p99_ms']:>8.0f} | {b['aggregate_rtx']:>8.2f} "
             f"{b['slowest_rtx']:>9.2f} {b['ttfa_p99_ms']:>11.0f} | "
             f"{s['aggregate_rtx'] / b['aggregate_rtx']:>7.2f} "
-            f"{b['ttfa_p99_ms'] / s['ttfa_p99_ms']:>6.1f}"
+            f"{b['ttfa_p99_ms'] / s['ttfa_p99_ms']:>6.1f} | "
+            f"{s['backbone_ms']:>6.1f} {s['decoder_ms']:>6.1f}"
         )
-    stats = engine.scheduler.stats
-    per_step = 1000 / max(stats.steps, 1)
-    print(
-        f"# where the time goes (scheduler, all runs): {stats.steps} steps, mean batch "
-        f"{stats.frames / max(stats.steps, 1):.1f}; backbone {stats.backbone_s * per_step:.1f} "
-        f"ms/step, decoder {stats.decoder_s * per_step:.1f} ms/step"
-    )
     await engine.close()
 
     at = 16 if 16 in batched else max(batched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from worker.engines.pocket.backbone import Backbone, Sentence
@@ -50,9 +51,14 @@ def _sentence(voices: Voices, text: str, seed: int) -> Sentence:
     )
 
 
-def test_batch_with_joins_equals_generate_alone(pocket_eos_dir: Path) -> None:
+@pytest.mark.parametrize("padding", [None, [0, 1, 3, 3]], ids=["unpadded", "padded"])
+def test_batch_with_joins_equals_generate_alone(
+    pocket_eos_dir: Path, padding: list[int] | None
+) -> None:
     loaded = load(str(pocket_eos_dir), torch.device("cpu"), torch.float32)
     backbone = Backbone(loaded.model, slots=3)
+    if padding is not None:  # steps of 1 or 2 sentences run as 3 rows
+        backbone._padding = padding
     voices = Voices(backbone, loaded.processor, loaded.voices_dir)
     references = [_reference(loaded, voices, text, 100 + i) for i, text in enumerate(TEXTS)]
     lengths = {len(r) for r in references}
@@ -106,3 +112,12 @@ def test_slots_are_reused_without_leaking_state(pocket_dir: Path) -> None:
     first = run(TEXTS[1])
     run(TEXTS[3])  # a longer occupant of the same slot in between
     torch.testing.assert_close(run(TEXTS[1]), first, atol=0, rtol=0)
+
+
+def test_tune_pads_only_to_cheaper_row_counts(pocket_dir: Path) -> None:
+    loaded = load(str(pocket_dir), torch.device("cpu"), torch.float32)
+    backbone = Backbone(loaded.model, slots=8)
+    padding = backbone.tune(8)
+    assert padding[0] == 0 and len(padding) == 9
+    assert all(rows <= padding[rows] <= 8 for rows in range(1, 9))
+    assert backbone.padded(20) == 20

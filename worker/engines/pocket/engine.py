@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
@@ -41,6 +41,11 @@ def _fraction(raw: str) -> float:
     if not 0 < value <= 1:
         raise ValueError("must be in (0, 1]")
     return value
+
+
+def _dispatch(batch: list[tuple[Stream, object]]) -> None:
+    for stream, item in batch:
+        stream.emit(item)
 
 
 class _Either(Cancellation):
@@ -92,9 +97,14 @@ class PocketTTSEngine(Engine):
         self.scheduler: Scheduler | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._start)
+        loop = asyncio.get_running_loop()
 
-    def _start(self) -> None:
+        def deliver(batch: list[tuple[Stream, object]]) -> None:
+            loop.call_soon_threadsafe(_dispatch, batch)
+
+        await asyncio.to_thread(self._start, deliver)
+
+    def _start(self, deliver: Callable[[list[tuple[Stream, object]]], None]) -> None:
         configure_threads(self.device, self.threads)
         loaded = load(self.model_id, self.device, self.dtype)
         backbone = Backbone(loaded.model, slots=self.max_slots)
@@ -105,7 +115,9 @@ class PocketTTSEngine(Engine):
         self.scheduler = Scheduler(
             backbone, decoder, voices, max_slots=self.max_slots, capacity=capacity
         )
+        backbone.tune(self.max_slots)
         self._calibrate(voices)
+        self.scheduler.deliver = deliver  # calibration delivered on its own thread
         self.scheduler.start()
         task_types = ("CustomVoice", "Base") if voices.can_clone else ("CustomVoice",)
         extra = HONOURED + (("ref_audio",) if voices.can_clone else ())
@@ -167,7 +179,6 @@ class PocketTTSEngine(Engine):
             raise EngineError("engine not started")
         if not request.text.strip():
             raise EngineError("nothing to say: the sentence is empty")
-        loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
         mine = _Either(cancel)
         extra = request.extra
@@ -176,7 +187,7 @@ class PocketTTSEngine(Engine):
             voice=request.voice,
             seed=self._seed(),
             cancel=mine,
-            emit=lambda item: loop.call_soon_threadsafe(items.put_nowait, item),
+            emit=items.put_nowait,  # on the event loop, through deliver
             first_chunk_frames=int(
                 extra.get("initial_codec_chunk_frames") or self.first_chunk_frames
             ),

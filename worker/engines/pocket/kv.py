@@ -129,8 +129,11 @@ class Layout:
         return torch.cat(positions)[None].to(self.store.device)
 
     def commit(self) -> None:
-        """Count the packed tokens into their slots (after the forward wrote them)."""
-        for slot, count in zip(self.slots, self.counts, strict=True):
+        """Count the packed tokens into their slots (after the forward wrote them). A slot
+        packed twice in a decode step (padding, see Backbone.step) wrote the same key/value
+        twice at one position: it counts once."""
+        slots = dict.fromkeys(self.slots) if self.decode else self.slots
+        for slot, count in zip(slots, self.counts, strict=False):
             self.store.lengths[slot] += count
 
     def attend(

@@ -3,7 +3,9 @@ new ones at step boundaries (their prefill batched), decodes every new frame to 
 and retires finished or cancelled sentences, freeing their slots for the next step.
 
 The loop runs on its own thread (torch releases the GIL in its kernels); the event loop
-hands it sentences with `submit()` and gets PCM back through each stream's `emit`.
+hands it sentences with `submit()` and gets PCM back through each stream's `emit`, called
+by `deliver` once per step for all streams together (one wake-up of the event loop per step,
+not per stream: each wake-up competes with this thread for the GIL).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Stream:
     voice: str
     seed: int
     cancel: Cancellation
-    emit: Callable[[object], None]  # thread-safe: a PCM chunk (int16), an EngineError or END
+    emit: Callable[[object], None]  # a PCM chunk (int16), an EngineError or END; via deliver
     first_chunk_frames: int = 1
     ref_audio: str | None = None
     max_frames: int | None = None
@@ -71,6 +73,7 @@ class Scheduler:
         max_slots: int,
         capacity: CapacityModel,
         record_batches: bool = False,
+        deliver: Callable[[list[tuple[Stream, object]]], None] | None = None,
     ) -> None:
         self.backbone = backbone
         self.decoder = decoder
@@ -79,6 +82,8 @@ class Scheduler:
         self.capacity = capacity
         self.stats = Stats()
         self._record = record_batches
+        self.deliver = deliver or _deliver_here
+        self._outbox: list[tuple[Stream, object]] = []
         self._inbox: queue.SimpleQueue[Stream | None] = queue.SimpleQueue()
         self._waiting: list[Stream] = []
         self._active: list[Stream] = []
@@ -124,6 +129,7 @@ class Scheduler:
                 if not self._active and not self._waiting:
                     return
                 self._iterate()
+                self._flush()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -150,8 +156,15 @@ class Scheduler:
                     self._fail(stream, EngineError("engine failure: scheduler step failed"))
                 self._active.clear()
                 self._waiting.clear()
+            self._flush()
         for stream in self._active + self._waiting:
             self._fail(stream, EngineError("worker shutting down"))
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self.deliver(batch)
 
     def _take(self, stream: Stream | None) -> None:
         if stream is None:
@@ -190,12 +203,12 @@ class Scheduler:
         for stream in [s for s in self._waiting if s.cancel.is_set()]:
             self._waiting.remove(stream)
             self.stats.cancelled += 1
-            stream.emit(END)
+            self._outbox.append((stream, END))
         for stream in [s for s in self._active if s.cancel.is_set()]:
             self._active.remove(stream)
             self.backbone.release(stream.sentence)
             self.stats.cancelled += 1
-            stream.emit(END)
+            self._outbox.append((stream, END))
 
     def _admit(self) -> list[Stream]:
         room = min(self.backbone.free_slots, self.max_slots - len(self._active))
@@ -238,17 +251,22 @@ class Scheduler:
             for stream, row in zip(streams, audio, strict=True):
                 stream.pending.clear()
                 stream.chunks += 1
-                stream.emit(row)
+                self._outbox.append((stream, row))
 
     def _retire(self) -> None:
         for stream in [s for s in self._active if s.sentence.finished]:
             self._active.remove(stream)
             self.backbone.release(stream.sentence)
             self.stats.completed += 1
-            stream.emit(END)
+            self._outbox.append((stream, END))
 
     def _fail(self, stream: Stream, error: EngineError) -> None:
         self.stats.failed += 1
         if stream.sentence is not None:
             self.backbone.release(stream.sentence)
-        stream.emit(error)
+        self._outbox.append((stream, error))
+
+
+def _deliver_here(batch: list[tuple[Stream, object]]) -> None:
+    for stream, item in batch:
+        stream.emit(item)
