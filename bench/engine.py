@@ -151,7 +151,10 @@ async def main() -> None:
     )
 
     rate = engine.info.sample_rate
-    base_runs = await asyncio.to_thread(run_baseline, engine, max(ns), frames)
+    # On the engine's own torch thread, between scheduler steps: the same footing for both.
+    base_runs = await asyncio.wrap_future(
+        engine.scheduler.call(lambda: run_baseline(engine, max(ns), frames))
+    )
     batched: dict[int, dict] = {}
     baseline: dict[int, dict] = {}
     header = (

@@ -4,6 +4,7 @@ streamed as soon as it exists, all sentences of the worker stepped as one batch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import random
 import threading
@@ -95,14 +96,29 @@ class PocketTTSEngine(Engine):
         self._seeds = itertools.count(seed) if seed is not None else None
         self._seed_lock = threading.Lock()
         self.scheduler: Scheduler | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def deliver(batch: list[tuple[Stream, object]]) -> None:
             loop.call_soon_threadsafe(_dispatch, batch)
 
-        await asyncio.to_thread(self._start, deliver)
+        def main() -> None:
+            # One thread loads, tunes and then runs the scheduler: torch is much slower
+            # from a second thread (see Scheduler.run).
+            try:
+                self._start(deliver)
+            except BaseException as exc:
+                ready.set_exception(exc)
+                return
+            ready.set_result(None)
+            self.scheduler.run()
+
+        self._thread = threading.Thread(target=main, name="pocket-torch", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
 
     def _start(self, deliver: Callable[[list[tuple[Stream, object]]], None]) -> None:
         configure_threads(self.device, self.threads)
@@ -118,7 +134,6 @@ class PocketTTSEngine(Engine):
         backbone.tune(self.max_slots)
         self._calibrate(voices)
         self.scheduler.deliver = deliver  # calibration delivered on its own thread
-        self.scheduler.start()
         task_types = ("CustomVoice", "Base") if voices.can_clone else ("CustomVoice",)
         extra = HONOURED + (("ref_audio",) if voices.can_clone else ())
         self.info = EngineInfo(
@@ -159,8 +174,11 @@ class PocketTTSEngine(Engine):
 
     async def close(self) -> None:
         if self.scheduler is not None:
-            await asyncio.to_thread(self.scheduler.stop)
+            self.scheduler.request_stop()
             self.scheduler = None
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
 
     def capacity(self) -> int | None:
         return self.scheduler.slots if self.scheduler is not None else None

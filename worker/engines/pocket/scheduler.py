@@ -10,12 +10,14 @@ not per stream: each wake-up competes with this thread for the GIL).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from worker.engines.pocket.voices import Voices
 
 log = logging.getLogger("voxline.worker.pocket")
 
+T = TypeVar("T")
 END = object()  # emitted once a stream has nothing more to give
 
 
@@ -47,6 +50,20 @@ class Stream:
     codec: CodecState | None = None
     pending: list[torch.Tensor] = field(default_factory=list)
     chunks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    function: Callable[[], object]
+    future: concurrent.futures.Future
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.function())
+        except BaseException as exc:  # handed to the caller, who decides
+            self.future.set_exception(exc)
 
 
 @dataclass(slots=True)
@@ -84,7 +101,7 @@ class Scheduler:
         self._record = record_batches
         self.deliver = deliver or _deliver_here
         self._outbox: list[tuple[Stream, object]] = []
-        self._inbox: queue.SimpleQueue[Stream | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Stream | _Call | None] = queue.SimpleQueue()
         self._waiting: list[Stream] = []
         self._active: list[Stream] = []
         self._thread: threading.Thread | None = None
@@ -93,18 +110,28 @@ class Scheduler:
     # -- the event loop's side ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pocket-scheduler", daemon=True)
+        """Run the loop on a thread of its own (see `run` for the one-thread rule)."""
+        self._thread = threading.Thread(target=self.run, name="pocket-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        if self._thread is None:
-            return
+    def request_stop(self) -> None:
         self._inbox.put(None)
-        self._thread.join()
-        self._thread = None
+
+    def stop(self) -> None:
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def submit(self, stream: Stream) -> None:
         self._inbox.put(stream)
+
+    def call(self, function: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run `function` on the loop's thread between steps (benchmarks run their baseline
+        there, on the same footing as the scheduler)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._inbox.put(_Call(function, future))
+        return future
 
     @property
     def slots(self) -> int:
@@ -116,9 +143,7 @@ class Scheduler:
         return len(self._active)
 
     def drain(self) -> None:
-        """Run the loop on the calling thread until nothing is left (calibration, tests);
-        only while the scheduler thread is not running."""
-        assert self._thread is None
+        """Step until nothing is left, on the calling thread (calibration, tests)."""
         with torch.inference_mode():
             while True:
                 while True:
@@ -133,7 +158,10 @@ class Scheduler:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The loop, until `request_stop()`. Run it on the thread that loaded the model: torch
+        run from a second thread after a first has used it was 1.6x slower per step here
+        (each calling thread gets its own OpenMP team, and the idle one gets in the way)."""
         with torch.inference_mode():
             self._loop()
 
@@ -148,6 +176,8 @@ class Scheduler:
                     break
             if self._stopping:
                 break
+            if not self._active and not self._waiting:
+                continue
             try:
                 self._iterate()
             except Exception:  # a bug must not leave callers waiting forever
@@ -166,11 +196,13 @@ class Scheduler:
             batch, self._outbox = self._outbox, []
             self.deliver(batch)
 
-    def _take(self, stream: Stream | None) -> None:
-        if stream is None:
+    def _take(self, item: Stream | _Call | None) -> None:
+        if item is None:
             self._stopping = True
+        elif isinstance(item, _Call):
+            item.run()
         else:
-            self._waiting.append(stream)
+            self._waiting.append(item)
 
     def _iterate(self) -> None:
         self._drop_cancelled()
