@@ -137,6 +137,11 @@ class Worker:
                 log.warning("jobs stream unreachable (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 continue
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A cancel that landed inside the blocking read can be swallowed there (seen
+                # with redis-py on fakeredis): honour it rather than read on.
+                raise asyncio.CancelledError
             entries = [entry for _stream, batch in (reply or []) for entry in batch]
             self.claimed_max = max(self.claimed_max, len(self._tasks) + len(entries))
             for entry_id, fields in entries:

@@ -10,6 +10,7 @@ from worker.engines.base import Engine
 ENGINES: dict[str, str] = {
     "espeak": "worker.engines.espeak:EspeakEngine",
     "tone": "worker.engines.tone:ToneEngine",
+    "vits": "worker.engines.vits:VitsEngine",
     "pocket-tts": "worker.engines.pocket.engine:PocketTTSEngine",
 }
 
