@@ -177,3 +177,33 @@ async def test_end_to_end_through_redis(redis_url: str, key_prefix: str, pocket_
         # Five sentences queued at once, but the worker held at most its two slots.
         assert p.workers[0].claimed_max <= 2
         assert p.workers[0].slots() <= 2
+
+
+async def test_barge_in_frees_the_slot_and_publishes_nothing_more(
+    redis_url: str, key_prefix: str, pocket_long_dir: Path
+) -> None:
+    options = {"model": str(pocket_long_dir), "max_slots": "2"}
+    long = "This first sentence is long enough to run for many frames before it would end. "
+    async with start_pipeline(
+        redis_url, key_prefix, engine="pocket-tts", engine_options=options
+    ) as p:
+        async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
+            await c.send("input.text", text=long + "Two. Three.")
+            await c.expect("audio.start")
+            assert isinstance(await c.recv(), bytes)
+            await c.send("input.cancel")
+            while True:
+                message = await c.recv()
+                if isinstance(message, dict) and message["type"] == "input.cancelled":
+                    break
+            done = next(m for m in c.received if isinstance(m, dict) and m["type"] == "audio.done")
+            assert done["cancelled"] is True and done["sentence_index"] == 0
+        engine = p.workers[0].engine
+        for _ in range(200):
+            if engine.scheduler.backbone.free_slots == 2 and p.total("cancelled") == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.scheduler.backbone.free_slots == 2  # the slot went back at once
+        assert engine.scheduler.stats.cancelled >= 1
+    assert p.total("cancelled") == 1
+    assert p.total("chunks_after_cancel") <= 1
