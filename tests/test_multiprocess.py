@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 import redis
 
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client
+from tests.processes import voxline_stack
 
 pytestmark = pytest.mark.multiprocess
 
@@ -44,71 +40,21 @@ class Stack:
         return stats
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     real_redis_or_fail()
     prefix = f"vxmp-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    common = ["--redis-url", REDIS_URL, "--key-prefix", prefix]
     worker_ids = [f"w{i}-{prefix}" for i in range(2)]
-
-    def voxline(*args: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "voxline", "--log-level", "warning", *args, *common]
-        return subprocess.Popen(cmd, env=env)
-
-    procs = [voxline("api", "--host", "127.0.0.1", "--port", str(port))]
-    for worker_id in worker_ids:
-        procs.append(
-            voxline(
-                "worker",
-                "--engine",
-                "tone",
-                "--engine-opt",
-                "rtf=0.25",
-                "--engine-opt",
-                "chunk_ms=40",
-                "--concurrency",
-                "4",
-                "--worker-id",
-                worker_id,
-            )
+    tone = ["--engine", "tone", "--engine-opt", "rtf=0.25", "--engine-opt", "chunk_ms=40"]
+    workers = [[*tone, "--concurrency", "4", "--worker-id", w] for w in worker_ids]
+    with voxline_stack(prefix, workers) as url:
+        yield Stack(
+            url,
+            url.replace("ws://", "http://"),
+            url + "/v1/audio/speech/stream",
+            prefix,
+            worker_ids,
         )
-    http = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            for proc in procs:
-                assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
-            try:
-                ready = httpx.get(f"{http}/readyz", timeout=1)
-                if ready.status_code == 200 and ready.json()["workers"] == 2:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the stack did not become ready"
-            time.sleep(0.1)
-        url = f"ws://127.0.0.1:{port}"
-        yield Stack(url, http, url + "/v1/audio/speech/stream", prefix, worker_ids)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 async def _one_session(stack: Stack, n: int) -> list[str]:

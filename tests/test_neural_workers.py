@@ -3,31 +3,19 @@ processes beside `voxline api` on Redis, serving a session end to end from local
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import redis
 
 from tests.conftest import real_redis_or_fail
-from tests.harness import REDIS_URL, Client
+from tests.harness import Client
+from tests.processes import voxline_stack
 from tests.worker.vits_checkpoint import build_checkpoint as build_vits
 from worker.engines.pocket.checkpoint import build_checkpoint as build_pocket
 
 pytestmark = pytest.mark.multiprocess
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Stack:
@@ -46,46 +34,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     else:
         build_vits(model)
     prefix = f"vxnn-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
-    common = ["--redis-url", REDIS_URL, "--key-prefix", prefix]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-
-    def voxline(*args: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "voxline", "--log-level", "warning", *args, *common]
-        return subprocess.Popen(cmd, env=env)
-
-    procs = [
-        voxline("api", "--host", "127.0.0.1", "--port", str(port)),
-        voxline("worker", "--engine", engine, "--model", str(model)),
-    ]
-    http = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            for proc in procs:
-                assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
-            try:
-                ready = httpx.get(f"{http}/readyz", timeout=1)
-                if ready.status_code == 200 and ready.json()["workers"] == 1:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the stack did not become ready"
-            time.sleep(0.1)
-        yield Stack(f"ws://127.0.0.1:{port}")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    with voxline_stack(
+        prefix, [["--engine", engine, "--model", str(model)]], ready_within=60
+    ) as url:
+        yield Stack(url)
 
 
 async def test_a_session_is_served_from_a_local_checkpoint(stack: Stack) -> None:
