@@ -155,6 +155,13 @@ class Client:
         assert message["type"] == kind, message
         return message
 
+    async def until(self, kind: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """Read on (recording every frame) to the next `kind` message and return it."""
+        while True:
+            message = await self.recv(timeout)
+            if isinstance(message, dict) and message["type"] == kind:
+                return message
+
     async def closed(self, timeout: float = RECV_TIMEOUT) -> int:
         """Wait for the server to close; return the close code (frames before are recorded)."""
         try:

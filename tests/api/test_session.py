@@ -172,10 +172,7 @@ async def test_barge_in_cancels_queued_and_in_flight_work(redis_url: str, key_pr
             assert isinstance(await c.recv(), bytes)
             await c.send("input.cancel")
             # The open sentence is closed as cancelled, then the cancel is confirmed.
-            while True:
-                message = await c.recv()
-                if isinstance(message, dict) and message["type"] == "input.cancelled":
-                    break
+            message = await c.until("input.cancelled")
             done = next(m for m in c.received if isinstance(m, dict) and m["type"] == "audio.done")
             assert done["cancelled"] is True and done["sentence_index"] == 0
             assert message["utterance_index"] == 0

@@ -192,10 +192,7 @@ async def test_barge_in_frees_the_slot_and_publishes_nothing_more(
             await c.expect("audio.start")
             assert isinstance(await c.recv(), bytes)
             await c.send("input.cancel")
-            while True:
-                message = await c.recv()
-                if isinstance(message, dict) and message["type"] == "input.cancelled":
-                    break
+            await c.until("input.cancelled")
             done = next(m for m in c.received if isinstance(m, dict) and m["type"] == "audio.done")
             assert done["cancelled"] is True and done["sentence_index"] == 0
         engine = p.workers[0].engine
