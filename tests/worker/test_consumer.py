@@ -15,6 +15,7 @@ from shared.keys import JOBS_GROUP, Keys
 from shared.wire import Event, EventKind, Job
 from worker.consumer import Worker
 from worker.engines import load_engine
+from worker.engines.tone import ToneEngine
 
 
 @contextlib.asynccontextmanager
@@ -159,3 +160,45 @@ async def test_a_worker_takes_no_more_jobs_than_it_has_slots(
 def test_concurrency_must_be_positive(concurrency: int) -> None:
     with pytest.raises(ValueError, match="concurrency"):
         Worker(Settings(), load_engine("tone"), concurrency=concurrency)
+
+
+class _Measured(ToneEngine):
+    """A tone engine that reports a capacity, as an engine measuring its speed does."""
+
+    slots = 3
+
+    def capacity(self) -> int | None:
+        return self.slots
+
+
+@pytest.mark.parametrize(("concurrency", "held"), [(None, 3), (2, 2)])
+async def test_claims_follow_the_engines_capacity(
+    redis_url: str, key_prefix: str, concurrency: int | None, held: int
+) -> None:
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    settings = Settings(redis_url=redis_url, key_prefix=key_prefix)
+    engine = _Measured(rtf=1.0)
+    worker = Worker(settings, engine, concurrency=concurrency)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    try:
+        assert worker.slots() == held  # an explicit --concurrency caps the engine's figure
+        for i in range(6):
+            await queue.enqueue(_job(i, "A sentence that takes a while."))
+        await asyncio.sleep(0.3)
+        assert len(worker.in_flight) == held
+        assert (await redis.xpending(keys.jobs, JOBS_GROUP))["pending"] == held
+        engine.slots = 1  # capacity fell: no new claim until in-flight work drops below it
+        for _ in range(500):
+            if worker.stats.get("completed", 0) >= held:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.claimed_max == held
+        assert len(worker.in_flight) <= 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()
