@@ -218,7 +218,7 @@ async def test_missing_model_is_one_clear_error(
     for model, what in cases.items():
         with pytest.raises(RuntimeError, match=what) as raised:
             await VitsEngine(model=model).start()
-        assert "--engine-opt model=DIR" in str(raised.value) and "hf download" in str(raised.value)
+        assert "--model DIR" in str(raised.value) and "hf download" in str(raised.value)
     assert "hf download voxline-test/no-such-model" in str(raised.value)
     assert vits_module._runtime.users == 0, "a failed start releases the model thread"
 

@@ -38,7 +38,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -51,6 +50,13 @@ import numpy as np
 
 from shared.capabilities import EngineInfo
 from worker.engines.base import AudioChunk, Cancellation, Engine, EngineError, SynthesisRequest
+from worker.engines.checkpoints import (
+    available_cpus,
+    looks_like_path,
+    missing_model,
+    offline,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -65,46 +71,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _MMS_LANGUAGE = re.compile(r"mms-tts-([a-z]{3}\S*)$")
 _NON_ROMAN = re.compile(r"[^\x00-\x7f]")
-_TRUE = ("1", "true", "yes", "on")
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 def _missing(name: str, exc: BaseException | None = None) -> RuntimeError:
-    """The one error for a checkpoint that cannot be loaded, with how to provide it offline."""
-    if Path(name).expanduser().is_dir():
-        what = f"model directory {name!r} holds no loadable VITS checkpoint"
-    elif _looks_like_path(name):
-        what = f"model directory {name!r} does not exist"
-    elif _offline():
-        what = f"model {name!r} not found locally and the hub is off (HF_HUB_OFFLINE)"
-    else:
-        what = f"model {name!r} not found locally and the hub is unreachable or has no such model"
-    hub_id = name if not (Path(name).expanduser().is_dir() or _looks_like_path(name)) else None
-    how = (
-        f"download it on a connected machine with `hf download {hub_id or DEFAULT_MODEL} "
-        "--local-dir DIR` and pass the directory with --engine-opt model=DIR, or set HF_HOME "
-        "to a cache holding it"
-    )
-    cause = ""
-    if exc is not None and str(exc).strip():
-        cause = f" ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})"
-    return RuntimeError(f"vits: {what}; {how}{cause}")
+    return missing_model("vits", "VITS", name, DEFAULT_MODEL, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +103,13 @@ class _Model:
         from transformers import AutoConfig, VitsModel, VitsTokenizer
 
         self.spec = spec
-        self.device = _resolve_device(spec.device)
+        self.device = resolve_device("vits", spec.device)
         dtype = getattr(torch, "float32" if spec.dtype == "auto" else spec.dtype)
         path = Path(spec.model).expanduser()
-        if not path.is_dir() and _looks_like_path(spec.model):
+        if not path.is_dir() and looks_like_path(spec.model):
             raise _missing(spec.model)
         source = str(path) if path.is_dir() else spec.model
-        local_only = path.is_dir() or _offline()
+        local_only = path.is_dir() or offline()
         try:
             config = AutoConfig.from_pretrained(source, local_files_only=local_only)
             if config.model_type != "vits":
@@ -318,21 +288,6 @@ def _masked_resblock(block: Any, hidden: torch.Tensor, keep: torch.Tensor) -> to
         step = conv1(leaky_relu(hidden, slope) * keep)
         hidden = conv2(leaky_relu(step, slope) * keep) + hidden
     return hidden
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"vits: device {device!r} asked for, but torch {torch.__version__} sees "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
 
 
 def _language_from_id(model: str) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,9 @@ from transformers import (
     PocketTTSProcessor,
 )
 
+from worker.engines.checkpoints import available_cpus, missing_model, offline
+from worker.engines.checkpoints import resolve_device as _resolve_device
+
 log = logging.getLogger("voxline.worker.pocket")
 
 DEFAULT_MODEL = "kyutai/pocket-tts"
@@ -29,12 +31,10 @@ class ModelNotFound(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
+    try:
+        return torch.device(_resolve_device("pocket-tts", name))
+    except RuntimeError as exc:  # an option the constructor refuses, like any other
+        raise ValueError(str(exc)) from None
 
 
 def cpu_has_bf16() -> bool:
@@ -64,7 +64,7 @@ def configure_threads(device: torch.device, threads: int | None) -> int:
     """Intra-op threads for CPU inference: by default every CPU this process may use."""
     if device.type != "cpu":
         return torch.get_num_threads()
-    count = threads or len(os.sched_getaffinity(0))
+    count = threads or available_cpus()
     torch.set_num_threads(count)
     return count
 
@@ -79,10 +79,7 @@ class Loaded:
 
 def _missing(model_id: str, exc: Exception) -> ModelNotFound:
     return ModelNotFound(
-        f"Pocket TTS model {model_id!r} could not be loaded ({type(exc).__name__}: {exc}). "
-        "This worker does not download at run time when offline: on a connected machine run "
-        f"`huggingface-cli download {model_id} --local-dir DIR`, copy DIR here and start the "
-        "worker with `--model DIR` (or set HF_HOME to a cache that holds it)."
+        str(missing_model("pocket-tts", "Pocket TTS", model_id, DEFAULT_MODEL, exc))
     )
 
 
@@ -123,8 +120,7 @@ def codec_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 def load(model_id: str, device: torch.device, dtype: torch.dtype) -> Loaded:
     local = Path(model_id) if Path(model_id).is_dir() else None
-    offline = local is not None or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    kwargs = {"local_files_only": offline}
+    kwargs = {"local_files_only": local is not None or offline()}
     try:
         model = PocketTTSForConditionalGeneration.from_pretrained(model_id, dtype=dtype, **kwargs)
         processor = _processor(model_id, local, {**kwargs, "dtype": codec_dtype(device, dtype)})
