@@ -2,7 +2,7 @@
 new ones at step boundaries (their prefill batched), decodes every new frame to PCM at once,
 and retires finished or cancelled sentences, freeing their slots for the next step.
 
-The loop runs on its own thread (torch releases the GIL in its kernels); the event loop
+The loop runs on the thread that loaded the model (see `run`) (torch releases the GIL in its kernels); the event loop
 hands it sentences with `submit()` and gets PCM back through each stream's `emit`, called
 by `deliver` once per step for all streams together (one wake-up of the event loop per step,
 not per stream: each wake-up competes with this thread for the GIL).
@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,7 +76,6 @@ class Stats:
     backbone_s: float = 0.0
     decoder_s: float = 0.0
     frames: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 class Scheduler:
@@ -89,7 +87,6 @@ class Scheduler:
         *,
         max_slots: int,
         capacity: CapacityModel,
-        record_batches: bool = False,
         deliver: Callable[[list[tuple[Stream, object]]], None] | None = None,
     ) -> None:
         self.backbone = backbone
@@ -98,30 +95,17 @@ class Scheduler:
         self.max_slots = max_slots
         self.capacity = capacity
         self.stats = Stats()
-        self._record = record_batches
         self.deliver = deliver or _deliver_here
         self._outbox: list[tuple[Stream, object]] = []
         self._inbox: queue.SimpleQueue[Stream | _Call | None] = queue.SimpleQueue()
         self._waiting: list[Stream] = []
         self._active: list[Stream] = []
-        self._thread: threading.Thread | None = None
         self._stopping = False
 
     # -- the event loop's side ---------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run the loop on a thread of its own (see `run` for the one-thread rule)."""
-        self._thread = threading.Thread(target=self.run, name="pocket-scheduler", daemon=True)
-        self._thread.start()
-
     def request_stop(self) -> None:
         self._inbox.put(None)
-
-    def stop(self) -> None:
-        self.request_stop()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
     def submit(self, stream: Stream) -> None:
         self._inbox.put(stream)
@@ -137,10 +121,6 @@ class Scheduler:
     def slots(self) -> int:
         """How many sentences this model can run at once and keep each faster than real time."""
         return min(self.max_slots, self.capacity.streams())
-
-    @property
-    def active(self) -> int:
-        return len(self._active)
 
     def drain(self) -> None:
         """Step until nothing is left, on the calling thread (calibration, tests)."""
@@ -225,8 +205,6 @@ class Scheduler:
         stats.max_batch = max(stats.max_batch, len(latents))
         stats.backbone_s += backbone_done - started
         stats.decoder_s += finished - backbone_done
-        if self._record:
-            stats.batch_sizes.append(len(latents))
         if not admitted:  # prefill spikes are transient: fit the steady step cost only
             self.capacity.observe(len(running), finished - started)
         self._retire()
