@@ -2,9 +2,9 @@
 new ones at step boundaries (their prefill batched), decodes every new frame to PCM at once,
 and retires finished or cancelled sentences, freeing their slots for the next step.
 
-The loop runs on the thread that loaded the model (see `run`) (torch releases the GIL in its kernels); the event loop
-hands it sentences with `submit()` and gets PCM back through each stream's `emit`, called
-by `deliver` once per step for all streams together (one wake-up of the event loop per step,
+The loop runs on the thread that loaded the model (see `run`). The event loop hands it
+sentences with `submit()` and gets PCM back through each stream's `emit`, called by
+`deliver` once per step for all streams together (one wake-up of the event loop per step,
 not per stream: each wake-up competes with this thread for the GIL).
 """
 
