@@ -51,6 +51,7 @@ class Sentence:
     bytes_sent: int = 0
     first_byte_ms: float | None = None
     last_byte_ms: float | None = None
+    attempt_seen: int = 0  # newest delivery of the job heard from
 
 
 @dataclass(eq=False)
@@ -403,8 +404,15 @@ class Session:
 
     def _on_event(self, event: Event) -> None:
         sentence = self._live.get((event.utterance, event.sentence))
-        if sentence is not None:
-            sentence.events.put_nowait(event)
+        if sentence is None:
+            return
+        if event.attempt > sentence.attempt_seen:
+            if sentence.attempt_seen and not sentence.start_sent:
+                # A retry of a job whose dead worker's audio the client has not heard yet
+                # (still buffered behind earlier sentences): drop that audio, play the retry.
+                _drop_older(sentence.events, event.attempt)
+            sentence.attempt_seen = event.attempt
+        sentence.events.put_nowait(event)
 
     # --- relay ----------------------------------------------------------------------------
 
@@ -444,6 +452,7 @@ class Session:
     async def _deliver_sentence(self, utt: Utterance, sentence: Sentence) -> None:
         settings = self.settings
         expected_seq = 0
+        attempt = 0  # the delivery of the job whose events are followed
         started = False
         try:
             while True:
@@ -463,6 +472,31 @@ class Session:
                     return
                 if event is None:  # cancelled
                     return
+                if event.attempt < attempt:
+                    continue  # a worker that was given up on (its job was claimed by another)
+                if event.attempt > attempt:
+                    # The job was (re)delivered: a dead worker's job claimed by a live one, or
+                    # dead-lettered after too many deliveries.
+                    if event.kind is EventKind.ERROR:
+                        await self._fail(utt, sentence, str(event.data), stop_worker=False)
+                        return
+                    if sentence.start_sent:
+                        await self._fail(
+                            utt,
+                            sentence,
+                            "the worker died after part of the sentence was sent; not repeating it",
+                            stop_worker=True,
+                        )
+                        return
+                    if attempt:
+                        log.info(
+                            "session %s sentence %d/%d: retried (delivery %d)",
+                            self.id,
+                            utt.index,
+                            sentence.index,
+                            event.attempt,
+                        )
+                    attempt, expected_seq = event.attempt, 0
                 if event.seq != expected_seq:
                     await self._fail(
                         utt,
@@ -591,6 +625,16 @@ class Session:
             await self.ws.send_json(message)
         except Exception as exc:  # the peer is gone mid-write
             raise _Disconnected from exc
+
+
+def _drop_older(events: asyncio.Queue[Event | None], attempt: int) -> None:
+    kept = []
+    while not events.empty():
+        event = events.get_nowait()
+        if event is None or event.attempt >= attempt:
+            kept.append(event)
+    for event in kept:
+        events.put_nowait(event)
 
 
 async def _next_event(events: asyncio.Queue[Event | None], wait: float) -> Event | None:

@@ -32,6 +32,33 @@ class Settings:
     # Workers refresh their registry entry this often; one silent for worker_ttl is gone.
     heartbeat_interval: float = 2.0
     worker_ttl: float = 10.0
+    # Crash recovery: a pending job idle this long belongs to a dead worker and is claimed by a
+    # live one. Live workers refresh their in-flight jobs several times within it, and it stays
+    # well under stall_timeout so a retry starts before the front end gives up on the sentence.
+    claim_idle: float = 3.0
+    # A job delivered this many times (its worker died each time) goes to the dead-letter stream.
+    max_deliveries: int = 3
+    # Worker SIGTERM: in-flight sentences get this long to finish before they are failed.
+    drain_timeout: float = 30.0
+    # API SIGTERM: sessions get this long to finish their current sentence before close 1012.
+    shutdown_grace: float = 10.0
+    # A session's lease, renewed by its front end; when it lapses (the front end died) the
+    # workers drop the session's work.
+    lease_ttl: float = 5.0
+    # Fairness: sentences of one session queued or being synthesized at once.
+    max_sentences_in_flight: int = 4
+    # Admission control: a new session is refused while the jobs backlog exceeds this many
+    # jobs per live worker slot.
+    max_backlog_per_slot: float = 4.0
+    # Length limits of one utterance (from its first text) and one connection.
+    max_utterance_seconds: float = 600.0
+    max_session_seconds: float = 3600.0
+    # Auth (api/auth.py): comma-separated key hashes; empty = no auth.
+    api_keys: str = ""
+    # Comma-separated origins a browser WebSocket may come from; empty = any.
+    allowed_origins: str = ""
+    # Sessions one API key may hold open on one front-end process; 0 = no per-key limit.
+    max_sessions_per_key: int = 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -24,6 +24,11 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def dead_letters(self) -> str:
+        """Stream of jobs given up on after `max_deliveries` (their workers kept dying)."""
+        return f"{self.prefix}:jobs:dead"
+
+    @property
     def cancel_channel(self) -> str:
         """Pub/sub channel on which the front end tells every worker about a cancel."""
         return f"{self.prefix}:cancel"
@@ -40,6 +45,11 @@ class Keys:
     def audio_channel(self, session_id: str) -> str:
         """Pub/sub channel carrying a session's audio back to the front end that owns it."""
         return f"{self.prefix}:{{{session_id}}}:audio"
+
+    def lease(self, session_id: str) -> str:
+        """String with a TTL, renewed by the front end holding the session: while it exists,
+        someone is listening for the session's audio."""
+        return f"{self.prefix}:{{{session_id}}}:lease"
 
     def cancelled(self, session_id: str) -> str:
         """Set of cancel tokens for a session: `*`, `u<utt>` or `u<utt>:s<sentence>`."""

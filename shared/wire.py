@@ -73,14 +73,19 @@ class Event:
     sentence: int
     seq: int
     data: Any = None
+    # The job's delivery count: 1, or more after a dead worker's job was claimed by another.
+    # The front end follows the newest attempt and ignores a superseded worker's events.
+    attempt: int = 1
 
     def pack(self) -> bytes:
-        return msgpack.packb([int(self.kind), self.utterance, self.sentence, self.seq, self.data])
+        return msgpack.packb(
+            [int(self.kind), self.utterance, self.sentence, self.seq, self.data, self.attempt]
+        )
 
     @classmethod
     def unpack(cls, data: bytes) -> Event:
-        kind, utterance, sentence, seq, payload = msgpack.unpackb(data)
-        return cls(EventKind(kind), utterance, sentence, seq, payload)
+        kind, utterance, sentence, seq, payload, attempt = msgpack.unpackb(data)
+        return cls(EventKind(kind), utterance, sentence, seq, payload, attempt)
 
 
 @dataclass(frozen=True, slots=True)

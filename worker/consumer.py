@@ -8,8 +8,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,6 +26,7 @@ from shared.wire import EventKind, Job
 from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
 from worker.publisher import SentencePublisher
+from worker.recovery import Delivery, Recovery
 from worker.registry import Registration
 
 log = logging.getLogger("voxline.worker")
@@ -36,6 +38,15 @@ _BLOCK_MS = 5000
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(eq=False)
+class _Running:
+    """A job this worker holds, from the moment it was read until it is acknowledged."""
+
+    task: asyncio.Task[None] | None = None
+    token: Cancellation | None = None
+    lost: bool = False  # another worker claimed it: stop, and do not acknowledge
 
 
 class Worker:
@@ -60,7 +71,8 @@ class Worker:
         self.ready = asyncio.Event()
         self._redis: aioredis.Redis | None = None
         self._registration: Registration | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._recovery: Recovery | None = None
+        self._running: dict[bytes, _Running] = {}
         self._slot_freed = asyncio.Event()
         self.claimed_max = 0  # the most jobs held at once (tests check it never beats slots)
 
@@ -69,34 +81,46 @@ class Worker:
         return self._registration.stats if self._registration else {}
 
     async def run(self) -> None:
-        """Serve jobs until cancelled; in-flight jobs are finished (bounded) on the way out."""
+        """Serve jobs until cancelled (SIGTERM): then stop taking jobs, let in-flight ones
+        finish for up to `drain_timeout`, acknowledge them, and return."""
+        settings = self.settings
         await self.engine.start()
-        self._redis = redis = connect(self.settings.redis_url)
-        reader = connect(self.settings.redis_url, blocking=True)
+        self._redis = redis = connect(settings.redis_url)
+        reader = connect(settings.redis_url, blocking=True)
         self._registration = Registration(
             redis,
             self.keys,
             self.id,
             self.engine.info,
-            interval=self.settings.heartbeat_interval,
-            ttl=self.settings.worker_ttl,
+            interval=settings.heartbeat_interval,
+            ttl=settings.worker_ttl,
             heartbeat_file=self.heartbeat_file,
         )
-        listener = CancelListener(self.settings.redis_url, self.keys, self.in_flight)
+        self._recovery = Recovery(
+            redis,
+            self.keys,
+            self.id,
+            claim_idle=settings.claim_idle,
+            max_deliveries=settings.max_deliveries,
+        )
+        listener = CancelListener(settings.redis_url, self.keys, self.in_flight)
+        refresher: asyncio.Task[None] | None = None
         try:
             await ensure_jobs_group(redis, self.keys)
             await listener.start()
             await self._registration.start()
+            refresher = asyncio.create_task(self._refresh_loop(), name="voxline-refresh")
             self.ready.set()
-            log.info(
-                "worker %s: engine %s, %d slots",
-                self.id,
-                self.engine.info.name,
-                self.slots(),
-            )
+            log.info("worker %s: engine %s, %d slots", self.id, self.engine.info.name, self.slots())
             await self._consume(reader)
         finally:
-            await self._drain()
+            # Heartbeat, refresh and cancel listener keep running while in-flight jobs finish:
+            # a long drain must not let other workers claim them.
+            await self._drain(settings.drain_timeout)
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
             await self._registration.stop()
             await listener.close()
             await reader.aclose()
@@ -113,20 +137,30 @@ class Worker:
 
     async def _free_slots(self) -> int:
         while True:
-            free = self.slots() - len(self._tasks)
+            free = self.slots() - len(self._running)
             if free > 0:
                 return free
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
     async def _consume(self, reader: aioredis.Redis) -> None:
+        assert self._recovery is not None and self._registration is not None
+        # Abandoned jobs are looked for this often; a blocking read is cut short to keep it.
+        claim_every = max(self.settings.claim_idle / 2, 0.05)
+        next_claim = 0.0
         while True:
+            free = await self._free_slots()
+            now = time.monotonic()
+            if now >= next_claim:
+                next_claim = now + claim_every
+                if await self._claim_abandoned(free):
+                    continue
+            block_ms = int(min(_BLOCK_MS, max((next_claim - time.monotonic()) * 1000, 1)))
             # Take only as many jobs as there are free slots: the rest stay in the stream for
             # other workers instead of queueing here (a session's sentences spread over the pool).
-            free = await self._free_slots()
             try:
                 reply = await reader.xreadgroup(
-                    JOBS_GROUP, self.id, {self.keys.jobs: ">"}, count=free, block=_BLOCK_MS
+                    JOBS_GROUP, self.id, {self.keys.jobs: ">"}, count=free, block=block_ms
                 )
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -140,53 +174,128 @@ class Worker:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # A cancel that landed inside the blocking read can be swallowed there (seen
-                # with redis-py on fakeredis): honour it rather than read on.
+                # with redis-py on fakeredis): honour it rather than read on. What the read
+                # returned stays pending and is claimed by another worker.
                 raise asyncio.CancelledError
             entries = [entry for _stream, batch in (reply or []) for entry in batch]
-            self.claimed_max = max(self.claimed_max, len(self._tasks) + len(entries))
-            for entry_id, fields in entries:
-                task = asyncio.create_task(self._process(entry_id, fields))
-                self._tasks.add(task)
-                task.add_done_callback(self._job_done)
+            self._start([Delivery(entry_id, fields) for entry_id, fields in entries])
 
-    def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    async def _claim_abandoned(self, free: int) -> bool:
+        assert self._recovery is not None and self._registration is not None
+        try:
+            result = await self._recovery.claim(free)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            return False  # the read that follows recreates the group
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("could not look for abandoned jobs (%s)", exc)
+            return False
+        self._start(result.deliveries)
+        counts = {
+            "claimed": len(result.deliveries),
+            "dead_lettered": result.dead_lettered,
+            "vanished": result.vanished,
+        }
+        if any(counts.values()):
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                await self._registration.bump(**counts)
+        return bool(result.deliveries)
+
+    def _start(self, deliveries: list[Delivery]) -> None:
+        self.claimed_max = max(self.claimed_max, len(self._running) + len(deliveries))
+        for delivery in deliveries:
+            running = self._running[delivery.entry_id] = _Running()
+            running.task = asyncio.create_task(self._process(delivery, running))
+            running.task.add_done_callback(lambda _t, e=delivery.entry_id: self._job_done(e))
+
+    def _job_done(self, entry_id: bytes) -> None:
+        self._running.pop(entry_id, None)
         self._slot_freed.set()
 
-    async def _drain(self, grace: float = 10.0) -> None:
-        if not self._tasks:
+    async def _refresh_loop(self) -> None:
+        """Keep this worker's jobs from looking abandoned, and notice any it lost."""
+        assert self._recovery is not None
+        interval = max(self.settings.claim_idle / 4, 0.02)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lost = await self._recovery.refresh(set(self._running))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("could not refresh in-flight jobs (%s)", exc)
+                continue
+            for entry_id in lost:
+                running = self._running.get(entry_id)
+                if running is None:
+                    continue  # finished meanwhile
+                log.warning("job %s was claimed by another worker; dropping it", entry_id.decode())
+                running.lost = True
+                if running.token is not None:
+                    running.token.set()
+
+    async def _drain(self, grace: float) -> None:
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if not tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        log.info("draining %d in-flight jobs (up to %g s)", len(tasks), grace)
+        _, pending = await asyncio.wait(tasks, timeout=grace)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _process(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _process(self, delivery: Delivery, running: _Running) -> None:
         redis = self._redis
         assert redis is not None and self._registration is not None
         counts = {"taken": 1}
         try:
-            job = Job.unpack(fields[b"j"])
+            job = Job.unpack(delivery.fields[b"j"])
         except Exception:
-            log.exception("dropping malformed job %r", entry_id)
+            log.exception("dropping malformed job %r", delivery.entry_id)
             job = None
         try:
             if job is not None:
-                await self._run_job(redis, job, counts)
+                await self._run_job(redis, job, delivery.attempt, running, counts)
+        except asyncio.CancelledError:
+            # Past the drain timeout. Cut off before synthesis began: hand it back.
+            if not any(counts.get(k) for k in ("failed", "completed", "cancelled")):
+                counts["released"] = 1
         except Exception:
-            log.exception("job %r failed outside the engine", entry_id)
+            log.exception("job %r failed outside the engine", delivery.entry_id)
         finally:
-            with contextlib.suppress(Exception):
-                async with redis.pipeline(transaction=False) as pipe:
+            await self._settle(redis, delivery.entry_id, running, counts)
+
+    async def _settle(
+        self, redis: aioredis.Redis, entry_id: bytes, running: _Running, counts: dict[str, int]
+    ) -> None:
+        """Acknowledge a finished job, or leave it to another worker (lost, or released)."""
+        assert self._registration is not None and self._recovery is not None
+        if running.lost:
+            counts = {"lost": 1}
+        with contextlib.suppress(Exception):
+            async with redis.pipeline(transaction=False) as pipe:
+                if running.lost:
+                    pass
+                elif counts.get("released"):
+                    self._recovery.release_in(pipe, entry_id)
+                else:
                     pipe.xack(self.keys.jobs, JOBS_GROUP, entry_id)
                     pipe.xdel(self.keys.jobs, entry_id)
-                    self._registration.count(pipe, **counts)
-                    await pipe.execute()
+                self._registration.count(pipe, **counts)
+                await pipe.execute()
 
-    async def _run_job(self, redis: aioredis.Redis, job: Job, counts: dict[str, int]) -> None:
-        token = self.in_flight.add(job)
+    async def _run_job(
+        self,
+        redis: aioredis.Redis,
+        job: Job,
+        attempt: int,
+        running: _Running,
+        counts: dict[str, int],
+    ) -> None:
+        token = running.token = self.in_flight.add(job)
         try:
-            publisher = SentencePublisher(redis, self.keys.audio_channel(job.session_id), job)
+            publisher = SentencePublisher(
+                redis, self.keys.audio_channel(job.session_id), job, attempt
+            )
             # After add(): a cancel either is already marked here or will find the job in
             # flight (the front end marks before it notifies). STARTED rides in the same round
             # trip; for a cancelled sentence the front end has stopped listening anyway.
@@ -198,14 +307,14 @@ class Worker:
                 flags, _ = await pipe.execute()
             if any(flags):
                 counts["skipped_cancelled"] = 1
-            else:
-                counts.update(await self._synthesize(job, token, publisher))
+            elif not running.lost:
+                await self._synthesize(job, token, publisher, counts)
         finally:
             self.in_flight.remove(token)
 
     async def _synthesize(
-        self, job: Job, token: Cancellation, publisher: SentencePublisher
-    ) -> dict[str, int]:
+        self, job: Job, token: Cancellation, publisher: SentencePublisher, counts: dict[str, int]
+    ) -> None:
         info = self.engine.info
         encoder = SentenceEncoder(
             job.format,
@@ -221,7 +330,7 @@ class Worker:
             word_timestamps=job.word_timestamps,
             extra=job.extra,
         )
-        counts = {"started": 1, "chunks": 0}
+        counts.update(started=1, chunks=0)
         try:
             async with contextlib.aclosing(self.engine.synthesize(request, token)) as chunks:
                 async for chunk in chunks:
@@ -236,7 +345,7 @@ class Worker:
                         await publisher.send(EventKind.AUDIO, data)
             if token.is_set():
                 counts["cancelled"] = 1
-                return counts  # the front end has moved on: say nothing more
+                return  # the front end has moved on: say nothing more
             tail = encoder.finish()
             if tail:
                 await publisher.send(EventKind.AUDIO, tail)
@@ -246,14 +355,17 @@ class Worker:
             counts["failed"] = 1
             await publisher.send(EventKind.ERROR, str(exc))
         except asyncio.CancelledError:
-            # Shutting down past the drain grace: say so now rather than leave the front end
-            # to time the sentence out.
-            counts["failed"] = 1
-            with contextlib.suppress(Exception):
-                await publisher.send(EventKind.ERROR, "worker shutting down")
+            # Shutting down past the drain timeout. Nothing heard yet: hand the job back for
+            # another worker to take, unnoticed by the client. Part of it heard: a retry would
+            # repeat audio, so the sentence fails now rather than on the front end's deadline.
+            if publisher.spoke:
+                counts["failed"] = 1
+                with contextlib.suppress(Exception):
+                    await publisher.send(EventKind.ERROR, "worker shut down mid-sentence")
+            else:
+                counts["released"] = 1
             raise
         except Exception as exc:
             log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
             counts["failed"] = 1
             await publisher.send(EventKind.ERROR, f"engine failure: {type(exc).__name__}")
-        return counts

@@ -10,12 +10,14 @@ from shared.wire import Event, EventKind, Job
 
 
 class SentencePublisher:
-    def __init__(self, redis: aioredis.Redis, channel: str, job: Job) -> None:
+    def __init__(self, redis: aioredis.Redis, channel: str, job: Job, attempt: int = 1) -> None:
         self._redis = redis
         self._channel = channel
         self._job = job
+        self._attempt = attempt
         self._seq = 0
         self.audio_bytes = 0
+        self.spoke = False  # audio or words went out: a retry elsewhere would repeat them
 
     async def send(self, kind: EventKind, data: Any = None) -> None:
         await self._redis.publish(self._channel, self._next(kind, data))
@@ -25,8 +27,10 @@ class SentencePublisher:
         pipe.publish(self._channel, self._next(kind, data))
 
     def _next(self, kind: EventKind, data: Any) -> bytes:
-        event = Event(kind, self._job.utterance, self._job.sentence, self._seq, data)
+        event = Event(kind, self._job.utterance, self._job.sentence, self._seq, data, self._attempt)
         self._seq += 1
         if kind is EventKind.AUDIO:
             self.audio_bytes += len(data)
+        if kind in (EventKind.AUDIO, EventKind.WORDS):
+            self.spoke = True
         return event.pack()

@@ -27,6 +27,11 @@ COUNTERS = (
     "failed",
     "chunks",  # engine chunks generated
     "chunks_after_cancel",  # chunks the engine produced after the cancel flag was set
+    "claimed",  # jobs taken over from a dead worker (XAUTOCLAIM)
+    "dead_lettered",  # jobs given up on after max_deliveries
+    "vanished",  # abandoned jobs trimmed from the stream before they could be claimed
+    "released",  # unstarted jobs handed back at shutdown, for another worker to take
+    "lost",  # jobs another worker claimed while this one was cut off
 )
 
 
@@ -85,6 +90,12 @@ class Registration:
             if delta:
                 self.stats[name] += delta
                 pipe.hincrby(key, name, delta)
+
+    async def bump(self, **deltas: int) -> None:
+        """Add counter deltas outside a job's own pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            self.count(pipe, **deltas)
+            await pipe.execute()
 
     async def _beat(self) -> None:
         now = time.time()

@@ -1,0 +1,87 @@
+"""SIGKILL a real `voxline worker` process mid-utterance: every sentence is delivered whole or
+fails explicitly, none hangs, and the survivor claims what the dead worker held."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+
+import pytest
+import redis
+
+from shared.keys import JOBS_GROUP, Keys
+from tests.conftest import real_redis_or_fail
+from tests.harness import REDIS_URL, Client
+from tests.processes import voxline_stack
+from worker.engines.tone import ToneEngine
+
+pytestmark = pytest.mark.multiprocess
+
+SENTENCES = [
+    "The first sentence is long enough to be cut in half.",
+    "A second one follows it closely.",
+    "Then comes a third sentence.",
+    "And a fourth closes the utterance.",
+]
+
+
+class _Stack:
+    def __init__(self, ws_url: str) -> None:
+        self.ws_url = ws_url + "/v1/audio/speech/stream"
+
+
+async def test_sigkill_of_a_worker_loses_no_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_redis_or_fail()
+    monkeypatch.setenv("VOXLINE_CLAIM_IDLE", "0.5")
+    prefix = f"vxcrash-{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    ids = [f"w{i}-{prefix}" for i in range(2)]
+    tone = ["--engine", "tone", "--engine-opt", "rtf=1.0", "--engine-opt", "chunk_ms=40"]
+    workers = [[*tone, "--concurrency", "1", "--worker-id", w] for w in ids]
+    tone_engine = ToneEngine()
+    expected = [tone_engine.duration_samples(t, 1.0) * 2 for t in SENTENCES]
+    client_redis = redis.Redis.from_url(REDIS_URL)
+    try:
+        with voxline_stack(prefix, workers) as url:
+            async with Client.connect(
+                _Stack(url), {"response_format": "pcm", "stream_audio": True}
+            ) as client:
+                await client.send("input.text", text=" ".join(SENTENCES))
+                await client.send("input.done")
+                await client.until("audio.start")
+                # Kill the worker synthesizing the sentence being heard.
+                (pending,) = [
+                    p
+                    for p in client_redis.xpending_range(keys.jobs, JOBS_GROUP, "-", "+", 10)
+                    if p["times_delivered"] == 1
+                ][:1]
+                victim = pending["consumer"].decode()
+                pid = int(client_redis.hget(keys.worker(victim), "pid"))
+                os.kill(pid, signal.SIGKILL)
+                done = await client.until("session.done", timeout=30)
+            survivor = next(w for w in ids if w != victim)
+            claimed = int(client_redis.hget(keys.worker(survivor), "claimed") or 0)
+            assert client_redis.xpending(keys.jobs, JOBS_GROUP)["pending"] == 0
+    finally:
+        client_redis.close()
+    assert done["total_sentences"] == len(SENTENCES)
+    outcomes = {}
+    audio: dict[int, int] = {}
+    current = -1
+    for message in client.received:
+        if isinstance(message, bytes):
+            audio[current] = audio.get(current, 0) + len(message)
+        elif message["type"] == "audio.start":
+            current = message["sentence_index"]
+        elif message["type"] == "audio.done":
+            outcomes[message["sentence_index"]] = message
+    assert sorted(outcomes) == list(range(len(SENTENCES)))
+    errored = [i for i, d in outcomes.items() if d["error"]]
+    for index, message in outcomes.items():
+        assert message["total_bytes"] == audio.get(index, 0)
+        if not message["error"]:
+            assert message["total_bytes"] == expected[index]  # whole, never doubled
+    # The sentence being heard was cut: it fails explicitly; the others all play.
+    assert errored == [0]
+    assert claimed >= 1

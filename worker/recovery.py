@@ -1,0 +1,159 @@
+"""At-least-once delivery: a worker keeps its own pending jobs fresh, and claims the jobs of
+workers that died (XAUTOCLAIM) or gives up on them after `max_deliveries` (dead letters).
+
+A pending entry's idle time is the only liveness signal the stream itself keeps: a live worker
+resets it for every job it holds (XCLAIM JUSTID, which does not count as a delivery) several
+times per `claim_idle`, so only a dead (or cut-off) worker's jobs ever reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from shared.keys import JOBS_GROUP, Keys
+from shared.wire import Event, EventKind, Job
+
+log = logging.getLogger("voxline.worker.recovery")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One job as this worker received it: fresh from the stream or claimed from a dead one."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    attempt: int = 1  # the entry's delivery count
+
+
+@dataclass
+class ClaimResult:
+    deliveries: list[Delivery]
+    dead_lettered: int = 0
+    vanished: int = 0  # pending entries whose stream entry was trimmed or deleted
+
+
+class Recovery:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        worker_id: str,
+        *,
+        claim_idle: float,
+        max_deliveries: int,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._id = worker_id
+        self._idle_ms = max(int(claim_idle * 1000), 1)
+        self._max_deliveries = max_deliveries
+        self._cursor: bytes | str = "0-0"
+
+    async def refresh(self, held: set[bytes]) -> set[bytes]:
+        """Reset the idle time of the jobs this worker holds; return those it no longer owns
+        (another worker claimed them while this one was cut off: it must stop and not ack)."""
+        if not held:
+            return set()
+        pending = await self._redis.xpending_range(
+            self._keys.jobs,
+            JOBS_GROUP,
+            min=min(held),
+            max=max(held),
+            count=len(held) + 64,
+            consumername=self._id,
+        )
+        owned = {p["message_id"] for p in pending} & held
+        if owned:
+            await self._redis.xclaim(
+                self._keys.jobs, JOBS_GROUP, self._id, 0, sorted(owned), justid=True
+            )
+        return held - owned
+
+    def release_in(self, pipe: aioredis.client.Pipeline, entry_id: bytes) -> None:
+        """Hand a job back unfinished (shutting down): it looks abandoned at once, so another
+        worker's next claim takes it. JUSTID: a hand-back is not a failed delivery."""
+        pipe.xclaim(
+            self._keys.jobs, JOBS_GROUP, self._id, 0, [entry_id], idle=self._idle_ms, justid=True
+        )
+
+    async def claim(self, count: int) -> ClaimResult:
+        """Take up to `count` jobs abandoned for `claim_idle` by other consumers."""
+        result = ClaimResult([])
+        if count < 1:
+            return result
+        reply = await self._redis.xautoclaim(
+            self._keys.jobs,
+            JOBS_GROUP,
+            self._id,
+            min_idle_time=self._idle_ms,
+            start_id=self._cursor,
+            count=count,
+        )
+        self._cursor, entries = reply[0], reply[1]
+        deleted = list(reply[2]) if len(reply) > 2 else []
+        # Redis 7 drops trimmed entries from the pending list itself and names them apart;
+        # Redis 6.2 returns them as nil entries, still pending: acknowledge those here.
+        nil_ids = [entry_id for entry_id, fields in entries if fields is None and entry_id]
+        entries = [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        if nil_ids:
+            await self._redis.xack(self._keys.jobs, JOBS_GROUP, *nil_ids)
+        result.vanished = len(deleted) + len(nil_ids)
+        if result.vanished:
+            # Their sentences cannot be named (the job is gone); the front end fails them on
+            # its deadlines.
+            log.warning("%d abandoned jobs were trimmed before a retry", result.vanished)
+        if not entries:
+            return result
+        ids = [entry_id for entry_id, _ in entries]
+        pending = await self._redis.xpending_range(
+            self._keys.jobs,
+            JOBS_GROUP,
+            min=min(ids),
+            max=max(ids),
+            count=len(ids) + 64,
+            consumername=self._id,
+        )
+        delivered = {p["message_id"]: p["times_delivered"] for p in pending}
+        for entry_id, fields in entries:
+            attempt = delivered.get(entry_id, self._max_deliveries + 1)
+            if attempt > self._max_deliveries:
+                await self.dead_letter(entry_id, fields, attempt)
+                result.dead_lettered += 1
+            else:
+                log.info("claimed abandoned job %s (delivery %d)", entry_id.decode(), attempt)
+                result.deliveries.append(Delivery(entry_id, fields, attempt))
+        return result
+
+    async def dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> None:
+        """Park the job on the dead-letter stream and fail its sentence at once."""
+        reason = f"gave up after {attempt - 1} deliveries: every worker that took it died"
+        log.error("job %s dead-lettered: %s", entry_id.decode(), reason)
+        try:
+            job: Job | None = Job.unpack(fields[b"j"])
+        except Exception:
+            job = None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                self._keys.dead_letters,
+                {
+                    **fields,
+                    b"entry": entry_id,
+                    b"deliveries": attempt - 1,
+                    b"reason": reason,
+                    b"at": f"{time.time():.3f}",
+                },
+                maxlen=10_000,
+                approximate=True,
+            )
+            pipe.xack(self._keys.jobs, JOBS_GROUP, entry_id)
+            pipe.xdel(self._keys.jobs, entry_id)
+            if job is not None:
+                # As a new attempt, so the front end takes it even after another worker's
+                # STARTED; seq 0 since nothing else of this attempt exists.
+                event = Event(EventKind.ERROR, job.utterance, job.sentence, 0, reason, attempt)
+                pipe.publish(self._keys.audio_channel(job.session_id), event.pack())
+            await pipe.execute()
