@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,8 @@ from shared.streams import ensure_jobs_group
 if TYPE_CHECKING:
     from api.session import Session
 
+log = logging.getLogger("voxline.api.hub")
+
 
 @dataclass
 class Hub:
@@ -28,6 +32,7 @@ class Hub:
     returns: ReturnPath
     pool: WorkerPool
     sessions: set[Session] = field(default_factory=set)
+    draining: bool = False  # shutting down: /readyz says not ready, new sessions are refused
 
     @classmethod
     async def open(cls, settings: Settings) -> Hub:
@@ -46,6 +51,23 @@ class Hub:
             returns=returns,
             pool=WorkerPool(redis, keys, worker_ttl=settings.worker_ttl),
         )
+
+    async def shutdown(self) -> None:
+        """Let every session finish the sentence its caller is hearing, drop the rest of its
+        work, and close with 1012; sessions still open after `shutdown_grace` are closed."""
+        self.draining = True
+        sessions = list(self.sessions)
+        if not sessions:
+            return
+        log.info("shutting down: %d sessions finish their current sentence", len(sessions))
+        await asyncio.gather(*(s.shutdown() for s in sessions), return_exceptions=True)
+        ended = [asyncio.create_task(s.finished.wait()) for s in sessions]
+        _, late = await asyncio.wait(ended, timeout=self.settings.shutdown_grace)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("%d sessions outlived the shutdown grace; closing them", len(late))
+            await asyncio.gather(*(s.force_restart() for s in sessions), return_exceptions=True)
 
     async def close(self) -> None:
         await self.returns.close()

@@ -24,6 +24,18 @@ class JobQueue:
                 pipe.xadd(self._keys.jobs, {"j": job.pack()}, maxlen=self._maxlen, approximate=True)
             await pipe.execute()
 
+    async def cancel_sentences(self, session_id: str, sentences: list[tuple[int, int]]) -> None:
+        """Cancel single sentences, given as (utterance, sentence) pairs, in one round trip."""
+        if not sentences:
+            return
+        key = self._keys.cancelled(session_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, *(sentence_token(u, s) for u, s in sentences))
+            pipe.expire(key, self._ttl)
+            for u, s in sentences:
+                pipe.publish(self._keys.cancel_channel, Cancel(session_id, u, s).pack())
+            await pipe.execute()
+
     async def cancel(
         self, session_id: str, utterances: list[int] | None = None, sentence: int | None = None
     ) -> None:

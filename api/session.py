@@ -90,11 +90,23 @@ class Session:
         self._closed = False
         self._enqueued_any = False
         self._last_activity = time.monotonic()
+        self._shutting_down = False
+        self._in_delivery: Sentence | None = None  # the sentence the relay is delivering
+        self.finished = asyncio.Event()  # run() has returned
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.finished.set()
+
+    async def _run(self) -> None:
         await self.ws.accept()
+        if self.hub.draining:
+            await self._close(CloseCode.SERVICE_RESTART)
+            return
         if len(self.hub.sessions) >= self.settings.max_sessions:
             await self._refuse(
                 ProtocolError(
@@ -152,6 +164,32 @@ class Session:
             log.exception("session %s: could not cancel its queued work", self.id)
         finally:
             await self.hub.returns.release(self.id)
+
+    async def shutdown(self) -> None:
+        """The server is going down: finish the sentence being heard, drop the rest of this
+        connection's work now (no worker starts it), then close with 1012."""
+        self._shutting_down = True
+        self._closing = True  # no new text
+        current = self._in_delivery
+        dropped = [
+            (utt.index, sentence.index)
+            for utt in self.utterances
+            for sentence in utt.sentences
+            if not sentence.finished and sentence is not current
+        ]
+        if dropped:
+            try:
+                await self.hub.queue.cancel_sentences(self.id, dropped)
+            except Exception:
+                log.exception("session %s: could not cancel its queued work", self.id)
+        if current is None:
+            await self._close(CloseCode.SERVICE_RESTART)
+        self._relay_wakeup.set()
+        for utt in self.utterances:
+            utt.changed.set()
+
+    async def force_restart(self) -> None:
+        await self._close(CloseCode.SERVICE_RESTART)
 
     async def _refuse(self, exc: ProtocolError) -> None:
         with contextlib.suppress(_Disconnected):
@@ -418,6 +456,9 @@ class Session:
 
     async def _relay_loop(self) -> None:
         while True:
+            if self._shutting_down:
+                await self._close(CloseCode.SERVICE_RESTART)
+                return
             if not self.utterances:
                 if self._closing:
                     await self._close(CloseCode.NORMAL)
@@ -432,9 +473,13 @@ class Session:
 
     async def _deliver_utterance(self, utt: Utterance) -> None:
         position = 0
-        while not utt.cancelled:
+        while not utt.cancelled and not self._shutting_down:
             if position < len(utt.sentences):
-                await self._deliver_sentence(utt, utt.sentences[position])
+                self._in_delivery = utt.sentences[position]
+                try:
+                    await self._deliver_sentence(utt, utt.sentences[position])
+                finally:
+                    self._in_delivery = None
                 position += 1
             elif utt.ended:
                 async with self._send_lock:

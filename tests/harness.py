@@ -14,6 +14,7 @@ import uvicorn
 import websockets
 
 from api.app import create_app
+from api.server import Server
 from shared.config import Settings
 from shared.protocol import PATH
 from worker.consumer import Worker
@@ -50,7 +51,7 @@ async def run_server(app: Any) -> AsyncIterator[uvicorn.Server]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", ws="websockets-sansio", lifespan="on"
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

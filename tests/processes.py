@@ -24,10 +24,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def voxline_stack(
-    prefix: str, workers: Sequence[Sequence[str]], *, ready_within: float = 30
+    prefix: str,
+    workers: Sequence[Sequence[str]],
+    *,
+    ready_within: float = 30,
+    processes: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
     """Start an api process and one worker process per argument list; yield the ws:// base URL
-    once /readyz counts every worker; stop them all and delete the prefix's keys after."""
+    once /readyz counts every worker; stop them all and delete the prefix's keys after.
+    `processes`, when given, receives the api process and then the workers'."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     common = ["--redis-url", REDIS_URL, "--key-prefix", prefix]
@@ -38,6 +43,8 @@ def voxline_stack(
 
     procs = [voxline("api", "--host", "127.0.0.1", "--port", str(port))]
     procs += [voxline("worker", *args) for args in workers]
+    if processes is not None:
+        processes.extend(procs)
     http = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_within

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import uuid
 
 import pytest
@@ -85,3 +86,50 @@ async def test_sigkill_of_a_worker_loses_no_sentence(monkeypatch: pytest.MonkeyP
     # The sentence being heard was cut: it fails explicitly; the others all play.
     assert errored == [0]
     assert claimed >= 1
+
+
+async def test_sigterm_drains_a_worker_and_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM on a worker: its sentence plays whole, it exits 0 and leaves nothing pending.
+    SIGTERM on the API: the sentence being heard ends, then close 1012, exit 0."""
+    real_redis_or_fail()
+    prefix = f"vxterm-{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    tone = ["--engine", "tone", "--engine-opt", "rtf=1.0", "--engine-opt", "chunk_ms=40"]
+    workers = [[*tone, "--concurrency", "1", "--worker-id", f"w{i}-{prefix}"] for i in range(2)]
+    expected = [ToneEngine().duration_samples(t, 1.0) * 2 for t in SENTENCES]
+    procs: list[subprocess.Popen[bytes]] = []
+    client_redis = redis.Redis.from_url(REDIS_URL)
+    try:
+        with voxline_stack(prefix, workers, processes=procs) as url:
+            api, *worker_procs = procs
+            async with Client.connect(
+                _Stack(url), {"response_format": "pcm", "stream_audio": True}
+            ) as client:
+                await client.send("input.text", text=" ".join(SENTENCES[:2]))
+                await client.send("input.done")
+                await client.until("audio.start")
+                owner = client_redis.xpending_range(keys.jobs, JOBS_GROUP, "-", "+", 1)[0]
+                victim = int(owner["consumer"].decode()[1])
+                worker_procs[victim].send_signal(signal.SIGTERM)
+                await client.until("session.done", timeout=20)
+                assert worker_procs[victim].wait(timeout=20) == 0
+                assert not client_redis.exists(keys.worker(owner["consumer"].decode()))
+                assert client_redis.xpending(keys.jobs, JOBS_GROUP)["pending"] == 0
+                drained = [m for m in client.received if isinstance(m, dict)]
+                # Now the API, mid-way through the first of two sentences.
+                client.received.clear()
+                await client.send("input.text", text=" ".join(SENTENCES[2:]))
+                await client.send("input.done")
+                await client.until("audio.start")
+                api.send_signal(signal.SIGTERM)
+                code = await client.closed(timeout=20)
+                assert api.wait(timeout=20) == 0
+    finally:
+        client_redis.close()
+    dones = [m for m in drained if m["type"] == "audio.done"]
+    assert [(d["error"], d["total_bytes"]) for d in dones] == [(False, n) for n in expected[:2]]
+    assert code == 1012
+    dones = [m for m in client.received if isinstance(m, dict) and m["type"] == "audio.done"]
+    assert [(d["sentence_index"], d["error"], d["total_bytes"]) for d in dones] == [
+        (0, False, expected[2])
+    ]
