@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
+from api.leases import Leases
 from api.pool import WorkerPool
 from api.queue import JobQueue
 from api.returns import ReturnPath
@@ -31,6 +32,7 @@ class Hub:
     queue: JobQueue
     returns: ReturnPath
     pool: WorkerPool
+    leases: Leases
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz says not ready, new sessions are refused
 
@@ -41,6 +43,8 @@ class Hub:
         await ensure_jobs_group(redis, keys)
         returns = ReturnPath(settings.redis_url, keys)
         await returns.start()
+        leases = Leases(redis, keys, lease_ttl=settings.lease_ttl, session_ttl=settings.session_ttl)
+        leases.start()
         return cls(
             settings=settings,
             keys=keys,
@@ -50,6 +54,7 @@ class Hub:
             ),
             returns=returns,
             pool=WorkerPool(redis, keys, worker_ttl=settings.worker_ttl),
+            leases=leases,
         )
 
     async def shutdown(self) -> None:
@@ -70,5 +75,6 @@ class Hub:
             await asyncio.gather(*(s.force_restart() for s in sessions), return_exceptions=True)
 
     async def close(self) -> None:
+        await self.leases.close()
         await self.returns.close()
         await self.redis.aclose()

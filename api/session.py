@@ -118,6 +118,7 @@ class Session:
             return
         self.hub.sessions.add(self)
         try:
+            await self.hub.leases.acquire(self.id)
             # Pre-connect: the audio channel is live before any sentence can be queued.
             await self.hub.returns.open(self.id, self._on_event)
             await self._configure(await self._first_message())
@@ -164,6 +165,8 @@ class Session:
             log.exception("session %s: could not cancel its queued work", self.id)
         finally:
             await self.hub.returns.release(self.id)
+            with contextlib.suppress(Exception):  # unrenewed, it expires anyway
+                await self.hub.leases.release(self.id)
 
     async def shutdown(self) -> None:
         """The server is going down: finish the sentence being heard, drop the rest of this

@@ -27,8 +27,8 @@ class Settings:
     stall_timeout: float = 10.0
     # Jobs stream is trimmed (approximately) to this many entries.
     stream_maxlen: int = 10_000
-    # Per-session keys expire this long after their last write.
-    session_ttl: int = 3600
+    # A session's keys expire this long after its front end stopped renewing its lease.
+    session_ttl: int = 60
     # Workers refresh their registry entry this often; one silent for worker_ttl is gone.
     heartbeat_interval: float = 2.0
     worker_ttl: float = 10.0

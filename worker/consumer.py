@@ -22,7 +22,7 @@ from shared.config import Settings
 from shared.connections import connect
 from shared.keys import JOBS_GROUP, Keys, cancel_tokens
 from shared.streams import ensure_jobs_group
-from shared.wire import EventKind, Job
+from shared.wire import Cancel, EventKind, Job
 from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
 from worker.publisher import SentencePublisher
@@ -214,13 +214,16 @@ class Worker:
         self._slot_freed.set()
 
     async def _refresh_loop(self) -> None:
-        """Keep this worker's jobs from looking abandoned, and notice any it lost."""
+        """Keep this worker's jobs from looking abandoned, notice any it lost, and stop the
+        work of sessions whose front end died."""
         assert self._recovery is not None
         interval = max(self.settings.claim_idle / 4, 0.02)
+        unleased: set[str] = set()
         while True:
             await asyncio.sleep(interval)
             try:
                 lost = await self._recovery.refresh(set(self._running))
+                unleased = await self._drop_orphans(unleased)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("could not refresh in-flight jobs (%s)", exc)
                 continue
@@ -232,6 +235,25 @@ class Worker:
                 running.lost = True
                 if running.token is not None:
                     running.token.set()
+
+    async def _drop_orphans(self, suspects: set[str]) -> set[str]:
+        """Cancel in-flight work of sessions whose lease was missing twice in a row (once may
+        be a Redis restart that the front end has not re-leased yet); return this round's
+        missing leases."""
+        assert self._redis is not None
+        sessions = sorted({job.session_id for job, _ in self.in_flight.items()})
+        if not sessions:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in sessions:
+                pipe.exists(self.keys.lease(session_id))
+            found = await pipe.execute()
+        missing = {sid for sid, present in zip(sessions, found, strict=True) if not present}
+        for session_id in missing & suspects:
+            hits = self.in_flight.apply(Cancel(session_id))
+            if hits:
+                log.warning("session %s lost its front end; stopped %d jobs", session_id, hits)
+        return missing
 
     async def _drain(self, grace: float) -> None:
         tasks = [r.task for r in self._running.values() if r.task is not None]
@@ -303,10 +325,14 @@ class Worker:
                 pipe.smismember(
                     self.keys.cancelled(job.session_id), cancel_tokens(job.utterance, job.sentence)
                 )
+                pipe.exists(self.keys.lease(job.session_id))
                 publisher.send_in(pipe, EventKind.STARTED, self.id)
-                flags, _ = await pipe.execute()
+                flags, leased, _ = await pipe.execute()
             if any(flags):
                 counts["skipped_cancelled"] = 1
+            elif not leased:
+                # Its front end is gone (died without cancelling): nobody would hear it.
+                counts["orphaned"] = 1
             elif not running.lost:
                 await self._synthesize(job, token, publisher, counts)
         finally:

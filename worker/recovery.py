@@ -58,13 +58,10 @@ class Recovery:
         (another worker claimed them while this one was cut off: it must stop and not ack)."""
         if not held:
             return set()
+        # This consumer's own pending list: what it holds, plus any entry a cut-short read
+        # delivered to it unseen (those are left to age and be claimed).
         pending = await self._redis.xpending_range(
-            self._keys.jobs,
-            JOBS_GROUP,
-            min=min(held),
-            max=max(held),
-            count=len(held) + 64,
-            consumername=self._id,
+            self._keys.jobs, JOBS_GROUP, "-", "+", len(held) + 64, consumername=self._id
         )
         owned = {p["message_id"] for p in pending} & held
         if owned:
@@ -108,16 +105,11 @@ class Recovery:
             log.warning("%d abandoned jobs were trimmed before a retry", result.vanished)
         if not entries:
             return result
-        ids = [entry_id for entry_id, _ in entries]
-        pending = await self._redis.xpending_range(
-            self._keys.jobs,
-            JOBS_GROUP,
-            min=min(ids),
-            max=max(ids),
-            count=len(ids) + 64,
-            consumername=self._id,
-        )
-        delivered = {p["message_id"]: p["times_delivered"] for p in pending}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in entries:
+                pipe.xpending_range(self._keys.jobs, JOBS_GROUP, entry_id, entry_id, 1)
+            replies = await pipe.execute()
+        delivered = {p["message_id"]: p["times_delivered"] for reply in replies for p in reply}
         for entry_id, fields in entries:
             attempt = delivered.get(entry_id, self._max_deliveries + 1)
             if attempt > self._max_deliveries:

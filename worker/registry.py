@@ -32,6 +32,7 @@ COUNTERS = (
     "vanished",  # abandoned jobs trimmed from the stream before they could be claimed
     "released",  # unstarted jobs handed back at shutdown, for another worker to take
     "lost",  # jobs another worker claimed while this one was cut off
+    "orphaned",  # jobs skipped because their session's front end was gone (lease lapsed)
 )
 
 

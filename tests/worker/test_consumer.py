@@ -26,6 +26,10 @@ async def running_worker(
     worker = Worker(settings, load_engine("tone", options), concurrency=concurrency)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.ready.wait(), 10)
+    # The session of these tests' jobs has a live front end (which would renew this lease).
+    lease = connect(redis_url)
+    await lease.set(Keys(prefix).lease("sess"), b"1")
+    await lease.aclose()
     try:
         yield worker
     finally:
@@ -178,6 +182,7 @@ async def test_claims_follow_the_engines_capacity(
     keys = Keys(key_prefix)
     redis = connect(redis_url)
     queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    await redis.set(keys.lease("sess"), b"1")
     settings = Settings(redis_url=redis_url, key_prefix=key_prefix)
     engine = _Measured(rtf=1.0)
     worker = Worker(settings, engine, concurrency=concurrency)
@@ -197,6 +202,41 @@ async def test_claims_follow_the_engines_capacity(
             await asyncio.sleep(0.01)
         assert worker.claimed_max == held
         assert len(worker.in_flight) <= 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()
+
+
+async def test_work_of_a_session_whose_front_end_died_stops(
+    redis_url: str, key_prefix: str
+) -> None:
+    """No lease, no work: a queued job of a session without a lease is skipped, and an in-flight
+    one stops within a few refresh rounds once the lease lapses (the API died)."""
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    settings = Settings(redis_url=redis_url, key_prefix=key_prefix, claim_idle=0.4)
+    worker = Worker(settings, load_engine("tone", {"rtf": "1.0"}), concurrency=1)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+        await redis.set(keys.lease("sess"), b"1", px=500)  # renewed by nobody
+        async with listen(redis_url, keys.audio_channel("sess")) as events:
+            await queue.enqueue(_job(0, "A long sentence that would take seconds to say."))
+            await queue.enqueue(_job(1, "Another one queued behind it."))
+            first = await asyncio.wait_for(events.get(), 5)
+            assert first.kind is EventKind.STARTED
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            while worker.stats["cancelled"] + worker.stats["orphaned"] < 2:
+                await asyncio.sleep(0.05)
+                assert loop.time() - began < 5, worker.stats
+        assert worker.stats["cancelled"] == 1 and worker.stats["orphaned"] == 1
+        assert worker.stats["completed"] == 0
+        assert not await redis.exists(keys.lease("sess"))
+        assert (await redis.xpending(keys.jobs, JOBS_GROUP))["pending"] == 0
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
