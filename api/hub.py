@@ -45,7 +45,7 @@ class Hub:
         await returns.start()
         leases = Leases(redis, keys, lease_ttl=settings.lease_ttl, session_ttl=settings.session_ttl)
         leases.start()
-        return cls(
+        hub = cls(
             settings=settings,
             keys=keys,
             redis=redis,
@@ -56,6 +56,12 @@ class Hub:
             pool=WorkerPool(redis, keys, worker_ttl=settings.worker_ttl),
             leases=leases,
         )
+        returns.on_lost = hub._return_path_lost
+        return hub
+
+    def _return_path_lost(self) -> None:
+        for session in list(self.sessions):
+            session.abort_outstanding("lost the connection to Redis; the sentence was aborted")
 
     async def shutdown(self) -> None:
         """Let every session finish the sentence its caller is hearing, drop the rest of its

@@ -41,6 +41,10 @@ class ReturnPath:
         self._reader: asyncio.Task[None] | None = None
         self._control = f"{keys.prefix}:api:control".encode()
         self.connected = asyncio.Event()
+        # Called once each time the connection is lost: whatever is published until it is
+        # back is gone, so the sessions fail their outstanding sentences at once.
+        self.on_lost: Callable[[], None] | None = None
+        self._stale: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         # A pub/sub connection needs one subscription before it can be read from.
@@ -97,7 +101,13 @@ class ReturnPath:
                 # redis-py reconnects and re-subscribes every channel on the next read. What was
                 # published meanwhile is gone: the per-sentence sequence numbers and deadlines
                 # turn that loss into explicit sentence errors.
-                self.connected.clear()
+                if self.connected.is_set():
+                    self.connected.clear()
+                    if self.on_lost is not None:
+                        try:
+                            self.on_lost()
+                        except Exception:
+                            log.exception("return-path loss handler failed")
                 log.warning("return path lost (%s); reconnecting in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -123,3 +133,13 @@ class ReturnPath:
             future = self._pending.get(channel)
             if future is not None and not future.done():
                 future.set_result(None)
+            elif channel != self._control and channel not in self._handlers:
+                # A session released while Redis was unreachable: its unsubscribe never went
+                # out and the reconnect subscribed it again.
+                task = asyncio.create_task(self._drop_stale(channel))
+                self._stale.add(task)
+                task.add_done_callback(self._stale.discard)
+
+    async def _drop_stale(self, channel: bytes) -> None:
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            await self._pubsub.unsubscribe(channel)

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
 from api.hub import Hub
@@ -107,6 +108,9 @@ class Session:
         if self.hub.draining:
             await self._close(CloseCode.SERVICE_RESTART)
             return
+        if not self.hub.returns.connected.is_set():
+            await self._refuse(_unavailable())
+            return
         if len(self.hub.sessions) >= self.settings.max_sessions:
             await self._refuse(
                 ProtocolError(
@@ -127,6 +131,9 @@ class Session:
             pass
         except ProtocolError as exc:
             await self._refuse(exc)
+        except (RedisError, OSError) as exc:
+            log.warning("session %s: Redis unreachable (%s); refused", self.id, exc)
+            await self._refuse(_unavailable())
         except Exception:
             log.exception("session %s failed", self.id)
             await self._refuse(
@@ -190,6 +197,14 @@ class Session:
         self._relay_wakeup.set()
         for utt in self.utterances:
             utt.changed.set()
+
+    def abort_outstanding(self, reason: str) -> None:
+        """Fail every sentence queued or in flight (its audio can no longer arrive); each
+        gets its error and audio.done in order, and the session goes on."""
+        for utt in self.utterances:
+            for sentence in utt.sentences:
+                if not sentence.finished:
+                    _abort(sentence, reason)
 
     async def force_restart(self) -> None:
         await self._close(CloseCode.SERVICE_RESTART)
@@ -382,7 +397,12 @@ class Session:
             jobs.append(self._job(utt, sentence))
         utt.changed.set()
         self._enqueued_any = True
-        await self.hub.queue.enqueue(*jobs)
+        try:
+            await self.hub.queue.enqueue(*jobs)
+        except (RedisError, OSError) as exc:
+            log.warning("session %s: could not queue %d sentences: %s", self.id, len(jobs), exc)
+            for job in jobs:
+                _abort(utt.sentences[job.sentence], "could not queue the sentence (Redis down)")
 
     def _job(self, utt: Utterance, sentence: Sentence) -> Job:
         config = self.config
@@ -673,6 +693,22 @@ class Session:
             await self.ws.send_json(message)
         except Exception as exc:  # the peer is gone mid-write
             raise _Disconnected from exc
+
+
+def _unavailable() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.OVERLOADED,
+        "the service is unavailable (Redis unreachable); try again later",
+        close=CloseCode.TRY_AGAIN_LATER,
+    )
+
+
+# Outranks every real delivery of a job, so the relay takes it even mid-sentence.
+_ABORTED = 2**31
+
+
+def _abort(sentence: Sentence, reason: str) -> None:
+    sentence.events.put_nowait(Event(EventKind.ERROR, 0, sentence.index, 0, reason, _ABORTED))
 
 
 def _drop_older(events: asyncio.Queue[Event | None], attempt: int) -> None:

@@ -11,11 +11,13 @@ from shared.keys import JOBS_GROUP, Keys
 async def ensure_jobs_group(redis: aioredis.Redis, keys: Keys) -> None:
     """Create the workers' consumer group (and the stream) if missing.
 
-    Both sides call this at start-up: a group created only after the front end had queued
-    jobs with id `$` would never deliver those jobs.
+    Both sides call this at start-up, and workers again when Redis lost the group (a restart
+    without persistence). From id 0, not `$`: jobs the front end queued before the group
+    existed must be delivered, and the stream holds nothing else (entries are deleted once
+    acknowledged).
     """
     try:
-        await redis.xgroup_create(keys.jobs, JOBS_GROUP, id="$", mkstream=True)
+        await redis.xgroup_create(keys.jobs, JOBS_GROUP, id="0", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
