@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
+from api.auth import Authenticator, AuthMiddleware, KeySessions, describe, install_log_redaction
 from api.hub import Hub
 from api.session import Session
 from shared.config import Settings
 from shared.protocol import PATH
+
+log = logging.getLogger("voxline.api")
 
 # Extra work to run beside the API in the same process (the embedded worker of `serve`).
 Sidecar = Callable[[], contextlib.AbstractAsyncContextManager[None]]
 
 
 def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI:
+    # Parsed here, not in the lifespan: a bad key or origin list stops the start at once.
+    auth = Authenticator.from_settings(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -26,9 +33,17 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
             if sidecar is not None:
                 await stack.enter_async_context(sidecar())
             app.state.hub = hub
+            if auth.enabled:
+                # After uvicorn configured logging: its loggers must never print a key.
+                install_log_redaction()
+                log.info("API keys required: %s", describe(auth))
             yield
 
     app = FastAPI(title="voxline", lifespan=lifespan)
+    app.state.auth = auth
+    app.state.key_sessions = KeySessions()
+    # Middleware, not a per-route dependency: it guards every route added later, too.
+    app.add_middleware(AuthMiddleware, auth=auth, sessions=app.state.key_sessions)
 
     @app.websocket(PATH)
     async def speech_stream(ws: WebSocket) -> None:
@@ -51,6 +66,8 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
             checks["workers"] = 0
         checks["return_path"] = "ok" if hub.returns.connected.is_set() else "reconnecting"
         ready = checks["redis"] == "ok" and checks["workers"] and checks["return_path"] == "ok"
+        if hub.draining:
+            checks["draining"], ready = True, False
         checks["status"] = "ready" if ready else "not ready"
         checks["sessions"] = len(hub.sessions)
         return JSONResponse(checks, status_code=200 if ready else 503)

@@ -1,13 +1,28 @@
-"""Redis connections: a real server (`redis://`, `rediss://`, `unix://`) or the in-memory
-one (`memory://[name]`) that the embedded mode and fast tests use."""
+"""Redis connections: a real server (`redis://`, `rediss://`, `unix://`), a Redis Cluster
+(`redis+cluster://`, `rediss+cluster://`) or the in-memory one (`memory://[name]`) that the
+embedded mode and fast tests use.
+
+Cluster URLs: `redis+cluster://[[user]:password@]host:port[,host:port...][/0]` — one or more
+seed nodes, comma-separated (any node of the cluster will do; the client discovers the rest
+and follows slot moves and failovers). `rediss+cluster://` is the same over TLS. A cluster has
+only database 0, and the URL takes no query options. `connect()` returns a
+`redis.asyncio.cluster.RedisCluster` for these; see docs/architecture.md ("Redis Cluster") for
+what it can and cannot do.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 MEMORY_SCHEME = "memory://"
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+# Either kind of client `connect()` returns for a real server.
+Client = aioredis.Redis | RedisCluster
 
 _memory_servers: dict[str, Any] = {}
 
@@ -16,8 +31,24 @@ def is_memory(url: str) -> bool:
     return url.startswith(MEMORY_SCHEME)
 
 
-def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
-    """A client for `url`.
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def _timeouts(blocking: bool) -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": 5,
+        # Blocking reads wait at most 5 s (BLOCK, pub/sub waits); 30 s of silence on such a
+        # connection means a dead peer, not an idle one.
+        "socket_timeout": 30 if blocking else 10,
+        "socket_keepalive": True,
+        "health_check_interval": 15,
+    }
+
+
+def connect(url: str, *, blocking: bool = False) -> Client:
+    """A client for `url`: `redis.asyncio.Redis` (or fakeredis) or, for a cluster URL,
+    `redis.asyncio.cluster.RedisCluster` (see `Client`).
 
     `blocking=True` is for a connection that sits in XREADGROUP BLOCK or a pub/sub read:
     it gets no socket read timeout, since redis-py raises when a blocking read outlasts
@@ -25,16 +56,50 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     """
     if is_memory(url):
         return _memory_client(url[len(MEMORY_SCHEME) :] or "default")
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=5,
-        # Blocking reads wait at most 5 s (BLOCK, pub/sub waits); 30 s of silence on such a
-        # connection means a dead peer, not an idle one.
-        socket_timeout=30 if blocking else 10,
-        socket_keepalive=True,
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
+    if is_cluster(url):
+        return _cluster_client(url, blocking)
+    return aioredis.Redis.from_url(url, **_timeouts(blocking), retry_on_timeout=False)
+
+
+def parse_cluster_url(url: str) -> dict[str, Any]:
+    """`startup_nodes`, `ssl`, `username`, `password` of a cluster URL (see the docstring)."""
+    scheme = next((s for s in CLUSTER_SCHEMES if url.startswith(s)), None)
+    if scheme is None:
+        raise ValueError(f"not a cluster URL: {url!r}")
+    rest = url[len(scheme) :]
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"cluster URLs take no query options: {url!r}")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0: {url!r}")
+    userinfo, _, hosts = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = []
+    for seed in hosts.split(","):
+        if seed.startswith("["):  # [ipv6]:port
+            host, _, port = seed[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = seed.partition(":")
+        if not host:
+            raise ValueError(f"empty host in cluster URL: {url!r}")
+        nodes.append(ClusterNode(host, int(port) if port else 6379))
+    return {
+        "startup_nodes": nodes,
+        "ssl": scheme.startswith("rediss"),
+        "username": username,
+        "password": password,
+    }
+
+
+def _cluster_client(url: str, blocking: bool) -> RedisCluster:
+    # RedisCluster has no retry_on_timeout: on ConnectionError/TimeoutError it re-reads the
+    # slot map and retries (cluster_error_retry_attempts), which is how it follows a failover.
+    return RedisCluster(**parse_cluster_url(url), **_timeouts(blocking))
 
 
 def _memory_client(name: str) -> aioredis.Redis:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,9 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"
     INTERNAL = "internal"
     GENERATION_FAILED = "generation_failed"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN_ORIGIN = "forbidden_origin"
+    TOO_MANY_SESSIONS = "too_many_sessions"
 
 
 class CloseCode(enum.IntEnum):
@@ -76,6 +80,23 @@ COMPAT_FIELDS = (
     "x_vector_only_mode",
 )
 LATER_FORMATS = ("opus", "mp3", "flac")
+INT64_MAX = 2**63 - 1
+# JSON's \uXXXX escapes can spell lone UTF-16 surrogates: a Python str holds them, but they
+# are no Unicode text, so they cannot be encoded (msgpack to the workers, UTF-8 to the client).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _is_text(value: str) -> bool:
+    return _SURROGATE.search(value) is None
+
+
+def _shown(name: str) -> str:
+    """A client-chosen name made safe to echo back (lone surrogates escaped)."""
+    return name if _is_text(name) else name.encode("utf-8", "backslashreplace").decode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class SessionConfig(BaseModel):
@@ -94,8 +115,9 @@ class SessionConfig(BaseModel):
     model: str | None = None
     task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = None
     instructions: str | None = None
-    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
-    initial_codec_chunk_frames: Annotated[int, Field(ge=1)] | None = None
+    # Bounded so that every accepted value fits the job's msgpack encoding (int64).
+    max_new_tokens: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+    initial_codec_chunk_frames: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
     ref_audio: str | None = None
     ref_text: str | None = None
     x_vector_only_mode: bool | None = None
@@ -121,6 +143,11 @@ def _invalid_config(field: str, message: str) -> ProtocolError:
 def parse_config(data: dict[str, Any], engine: EngineInfo) -> SessionConfig:
     """Validate a `session.config` message against the contract and the engine pool."""
     body = {k: v for k, v in data.items() if k != "type"}
+    for name, value in body.items():
+        if not _is_text(name):
+            raise _invalid_config(_shown(name), "unknown field")
+        if isinstance(value, str) and not _is_text(value):
+            raise _invalid_config(name, "not valid Unicode (a lone surrogate)")
     fmt = body.get("response_format")
     if fmt in LATER_FORMATS:
         raise _invalid_config("response_format", f"{fmt!r} is not supported yet")
@@ -185,9 +212,12 @@ class ClientMessage:
 def parse_client_message(raw: str) -> ClientMessage:
     """Parse one text frame; raise ProtocolError for anything the contract calls invalid."""
     try:
-        data = json.loads(raw)
+        # NaN and Infinity are no JSON, though Python's parser takes them by default.
+        data = json.loads(raw, parse_constant=_reject_constant)
     except ValueError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "message is not valid JSON") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "message is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object")
     kind = data.get("type")
@@ -195,8 +225,15 @@ def parse_client_message(raw: str) -> ClientMessage:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message has no string 'type'")
     if kind not in CLIENT_TYPES:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
-    if kind == "input.text" and not isinstance(data.get("text"), str):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "input.text needs a string 'text'")
+    if kind == "input.text":
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "input.text needs a string 'text'")
+        if not _is_text(text):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "input.text 'text' is not valid Unicode (a lone surrogate)",
+            )
     return ClientMessage(kind, data)
 
 

@@ -11,6 +11,7 @@ import redis
 
 from shared.connections import drop_memory_server
 from tests.harness import REDIS_URL, Pipeline, start_pipeline
+from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServer
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -56,3 +57,42 @@ async def pipeline(redis_url: str, key_prefix: str) -> AsyncIterator[Pipeline]:
     """Front end + one tone worker, defaults suitable for most protocol tests."""
     async with start_pipeline(redis_url, key_prefix) as running:
         yield running
+
+
+def _redis_binary_missing(exc: RedisBinaryMissing) -> None:
+    """Skip without the redis-server/redis-cli binaries locally; under CI=true, fail."""
+    if CI:
+        pytest.fail(str(exc), pytrace=False)
+    pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[RedisClusterNodes]:
+    """A 3-master Redis Cluster on free loopback ports, shared by the whole test session
+    (tests must use their own key prefixes and look slot owners up, not assume them)."""
+    try:
+        cluster = RedisClusterNodes(3)
+    except RedisBinaryMissing as exc:
+        _redis_binary_missing(exc)
+    cluster.start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_cluster_nodes: RedisClusterNodes) -> str:
+    """`redis+cluster://…` URL of the session's cluster (for `shared.connections.connect`)."""
+    return redis_cluster_nodes.url
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A standalone redis-server of the test's own on a free port; the test may stop, kill and
+    restart it (same port). Killed and its dir removed afterwards."""
+    try:
+        server = RedisServer()
+    except RedisBinaryMissing as exc:
+        _redis_binary_missing(exc)
+    server.start()
+    yield server
+    server.close()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 
@@ -46,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--speed", type=float, default=None)
     say.add_argument("--language", default=None)
     say.add_argument("--sample-rate", type=int, default=None)
+    say.add_argument(
+        "--api-key",
+        default=os.environ.get("VOXLINE_API_KEY"),
+        help="sent as a bearer token (default: $VOXLINE_API_KEY, which keeps it out of `ps`)",
+    )
+
+    hash_key = sub.add_parser(
+        "hash-key", help="print the VOXLINE_API_KEYS entry of an API key (or of a new one)"
+    )
+    hash_key.add_argument(
+        "key", nargs="?", help="the key; absent: read from stdin (keeps it out of shell history)"
+    )
+    hash_key.add_argument(
+        "--new", action="store_true", help="make a random key; print it, then its entry"
+    )
+    hash_key.add_argument("--label", default=None, help="name the key in logs: LABEL=sha256:...")
     return parser
 
 
@@ -106,9 +123,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voxline.say import run_say
 
         return run_say(args)
+    if args.command == "hash-key":
+        return _run_hash_key(args)
     if args.command == "worker":
         return _run_worker(args)
     return _run_http(args)
+
+
+def _run_hash_key(args: argparse.Namespace) -> int:
+    from api.auth import AuthConfigError, check_label, hash_key, new_key
+
+    if args.new and args.key is not None:
+        raise SystemExit("voxline hash-key: give a KEY or --new, not both")
+    if args.new:
+        key = new_key()
+    elif args.key is not None:
+        key = args.key
+    elif sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.read().strip()
+    if not key:
+        raise SystemExit("voxline hash-key: the key is empty")
+    try:
+        label = "" if args.label is None else check_label(args.label) + "="
+    except AuthConfigError as exc:
+        raise SystemExit(f"voxline hash-key: {exc}") from None
+    if args.new:
+        print(key)
+        print(
+            "above: the new key, for the client (it is stored nowhere else); below: its "
+            "VOXLINE_API_KEYS entry",
+            file=sys.stderr,
+        )
+    print(label + hash_key(key))
+    return 0
 
 
 def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -153,6 +204,7 @@ def _run_http(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import Server
 
     settings = _settings(args)
     sidecar = None
@@ -179,9 +231,10 @@ def _run_http(args: argparse.Namespace) -> int:
     app = create_app(settings, sidecar=sidecar)
     where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"
     print(f"voxline {args.command}: {where}  (redis: {settings.redis_url})", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets-sansio"
     )
+    Server(config).run()
     return 0
 
 

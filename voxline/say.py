@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -79,9 +80,20 @@ async def say(args: argparse.Namespace) -> int:
             config[field] = value
     audio = bytearray()
     player: subprocess.Popen[bytes] | None = None
-    async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps(config))
-        ready = json.loads(await ws.recv())
+    key = getattr(args, "api_key", None)
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            # A server refusing the connection (a bad key) may have closed it already; its
+            # error message is still read below.
+            await ws.send(json.dumps(config))
+        try:
+            ready = json.loads(await ws.recv())
+        except websockets.ConnectionClosed as exc:
+            close = exc.rcvd
+            reason = f"{close.code} {close.reason}" if close is not None else "no close frame"
+            print(f"voxline say: the server closed the connection: {reason}", file=sys.stderr)
+            return 2
         if ready.get("type") != "session.ready":
             print(f"voxline say: {ready.get('code')}: {ready.get('message')}", file=sys.stderr)
             return 2

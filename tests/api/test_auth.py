@@ -1,0 +1,539 @@
+"""API keys, the allowed-origins check and per-key session limits (api/auth.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from api import auth
+from api.app import create_app
+from api.auth import (
+    AuthConfigError,
+    Authenticator,
+    KeyEntry,
+    KeySessions,
+    RedactKeys,
+    hash_key,
+    new_key,
+    parse_keys,
+    parse_origins,
+    presented_key,
+    redact_query,
+)
+from shared.audio.wav import parse_wav
+from shared.config import Settings
+from tests.harness import Client, Pipeline, start_pipeline
+from voxline.cli import build_parser, main
+from voxline.say import say
+
+KEY = "vx_test-key-alpha-0123456789"
+OTHER_KEY = "vx_test-key-beta-9876543210"
+WRONG_KEY = "vx_wrong-key-never-configured"
+HEX = hashlib.sha256(KEY.encode()).hexdigest()
+# Two keys: `alpha` (the global per-key limit) and `beta` (at most one session of its own).
+KEYS = f"alpha={hash_key(KEY)},beta={hash_key(OTHER_KEY)}/1"
+ORIGIN = "https://app.example.com"
+
+
+# --- units -----------------------------------------------------------------------------------
+
+
+def test_hash_key_is_the_sha256_entry_form() -> None:
+    assert hash_key(KEY) == "sha256:" + HEX
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", hash_key("é"))
+
+
+def test_new_keys_are_random_and_valid_subprotocol_tokens() -> None:
+    keys = {new_key() for _ in range(20)}
+    assert len(keys) == 20
+    for key in keys:
+        # RFC 7230 token characters only, so `new WebSocket(url, ["token", key])` works.
+        assert re.fullmatch(r"vx_[A-Za-z0-9_-]{43}", key), key
+
+
+def test_parse_keys_labels_limits_and_spacing() -> None:
+    other = hashlib.sha256(b"other").hexdigest()
+    third = hashlib.sha256(b"third").hexdigest()
+    entries = parse_keys(f" sha256:{HEX.upper()} , bot-1=sha256:{other}/5,\n web=sha256:{third}/0,")
+    assert [e.label for e in entries] == [f"sha256:{HEX[:8]}", "bot-1", "web"]
+    assert [e.max_sessions for e in entries] == [None, 5, 0]
+    assert entries[0].digest == bytes.fromhex(HEX)
+    assert parse_keys("") == () and parse_keys("   ") == ()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        KEY,  # a raw key pasted instead of its hash
+        f"label={KEY}",
+        "sha256:abc123",
+        f"md5:{HEX}",
+        f"sha256:{HEX}/many",
+        f"bad label=sha256:{HEX}",
+        f"sha256:{HEX}0",
+        " , ",
+    ],
+)
+def test_bad_key_entries_fail_without_echoing_them(spec: str) -> None:
+    with pytest.raises(AuthConfigError) as caught:
+        parse_keys(spec)
+    assert "VOXLINE_API_KEYS" in str(caught.value)
+    assert KEY not in str(caught.value) and "abc123" not in str(caught.value)
+
+
+def test_duplicate_labels_or_keys_are_refused() -> None:
+    other = hash_key("other")
+    with pytest.raises(AuthConfigError, match="label 'a' is used twice"):
+        parse_keys(f"a={hash_key(KEY)},a={other}")
+    with pytest.raises(AuthConfigError, match="entry 2 repeats"):
+        parse_keys(f"a={hash_key(KEY)},b={hash_key(KEY)}")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"api_keys": KEY},
+        {"allowed_origins": "app.example.com"},
+        {"max_sessions_per_key": -1},
+    ],
+)
+def test_bad_auth_settings_stop_the_app_at_creation(overrides: dict[str, Any]) -> None:
+    with pytest.raises(AuthConfigError) as caught:
+        create_app(Settings(**overrides))
+    assert KEY not in str(caught.value)
+
+
+def test_bad_keys_from_the_environment_stop_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXLINE_API_KEYS", f"sha256:{HEX[:10]}")
+    with pytest.raises(AuthConfigError, match="entry 1 of 1"):
+        create_app(Settings.from_env())
+
+
+def test_origins_are_normalized() -> None:
+    assert parse_origins(" https://App.Example.com/ ,http://localhost:3000") == {
+        "https://app.example.com",
+        "http://localhost:3000",
+    }
+    checker = Authenticator(origins=parse_origins(ORIGIN))
+    assert checker.origin_allowed("HTTPS://APP.EXAMPLE.COM")
+    assert not checker.origin_allowed("https://evil.example")
+    assert checker.origin_allowed(None)  # not a browser
+    assert Authenticator().origin_allowed("https://evil.example")  # no list: any
+
+
+def test_verify_finds_the_key_and_nothing_else() -> None:
+    checker = Authenticator(parse_keys(KEYS))
+    assert checker.enabled and not Authenticator().enabled
+    alpha = checker.verify(KEY)
+    beta = checker.verify(OTHER_KEY)
+    assert alpha is not None and alpha.label == "alpha"
+    assert beta is not None and beta.label == "beta" and checker.limit(beta) == 1
+    for bad in (WRONG_KEY, "", None, HEX, hash_key(KEY)):
+        assert checker.verify(bad) is None
+
+
+def test_verify_compares_in_constant_time_against_every_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checker = Authenticator(parse_keys(f"a={hash_key(KEY)},b={hash_key('b')},c={hash_key('c')}"))
+    calls: list[tuple[bytes, bytes]] = []
+    real = auth.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    entry = checker.verify(KEY)  # matches the first: no early exit
+    assert entry is not None and entry.label == "a"
+    assert len(calls) == 3 and all(len(a) == len(b) == 32 for a, b in calls)
+    assert checker.verify(WRONG_KEY) is None and len(calls) == 6
+
+
+def test_limits_fall_back_to_the_global_setting() -> None:
+    checker = Authenticator(parse_keys(KEYS + f",free={hash_key('x')}/0"), max_sessions_per_key=3)
+    assert [checker.limit(e) for e in checker.keys] == [3, 1, 0]
+
+
+def test_reprs_hold_no_key_material() -> None:
+    entry = parse_keys(f"alpha={hash_key(KEY)}")[0]
+    presented = presented_key(_scope(headers=[(b"authorization", f"Bearer {KEY}".encode())]))
+    assert presented.key == KEY
+    for text in (repr(entry), repr(presented), str(entry)):
+        assert KEY not in text and HEX not in text and HEX[:16] not in text
+    assert "alpha" in repr(entry) and "bearer" in repr(presented)
+
+
+def _scope(
+    headers: list[tuple[bytes, bytes]] | None = None,
+    subprotocols: list[str] | None = None,
+    query: bytes = b"",
+) -> dict[str, Any]:
+    scope: dict[str, Any] = {"type": "websocket", "headers": headers or [], "query_string": query}
+    if subprotocols is not None:
+        scope["subprotocols"] = subprotocols
+    return scope
+
+
+def test_presented_key_forms_and_their_order() -> None:
+    bearer = [(b"authorization", f"bearer  {KEY} ".encode())]
+    sub = ["token", OTHER_KEY]
+    query = f"x=1&api_key={WRONG_KEY}".encode()
+    assert presented_key(_scope(bearer, sub, query)) == auth.Presented(KEY, "bearer", "token")
+    assert presented_key(_scope(None, sub, query)) == auth.Presented(
+        OTHER_KEY, "subprotocol", "token"
+    )
+    assert presented_key(_scope(None, None, query)) == auth.Presented(WRONG_KEY, "query", None)
+    assert presented_key(_scope()) == auth.Presented(None, "none", None)
+    # `token` alone is still answered with the token subprotocol (a browser needs it).
+    assert presented_key(_scope(subprotocols=["token"])) == auth.Presented(
+        None, "subprotocol", "token"
+    )
+    # Another scheme (a proxy's Basic auth) is not a key.
+    basic = [(b"authorization", b"Basic dXNlcjpwYXNz")]
+    assert presented_key(_scope(basic)).form == "none"
+
+
+def test_the_query_key_is_redacted_in_the_scope() -> None:
+    scope = _scope(query=f"a=1&api_key={KEY}&b=2".encode())
+    redact_query(scope)
+    assert scope["query_string"] == b"a=1&api_key=redacted&b=2"
+    encoded = _scope(query=f"api%5Fkey={KEY}".encode())
+    redact_query(encoded)
+    assert KEY.encode() not in encoded["query_string"]
+    untouched = _scope(query=b"a=1")
+    redact_query(untouched)
+    assert untouched["query_string"] == b"a=1"
+
+
+@pytest.mark.parametrize(
+    ("msg", "args"),
+    [
+        ("< %s: %s", ("Authorization", f"Bearer {KEY}")),
+        ("< %s: %s", ("Sec-WebSocket-Protocol", f"token, {KEY}")),
+        ("< GET %s HTTP/1.1", (f"/v1/audio/speech/stream?api_key={KEY}&x=1",)),
+    ],
+)
+def test_header_dumps_are_redacted(msg: str, args: tuple[str, ...]) -> None:
+    record = logging.LogRecord("uvicorn.error", logging.DEBUG, __file__, 1, msg, args, None)
+    assert RedactKeys().filter(record)
+    assert KEY not in record.getMessage() and "redacted" in record.getMessage()
+
+
+def test_key_sessions_count_per_label() -> None:
+    sessions = KeySessions()
+    assert sessions.try_acquire("a", 2) and sessions.try_acquire("a", 2)
+    assert not sessions.try_acquire("a", 2) and sessions.count("a") == 2
+    assert sessions.try_acquire("b", 2)  # another key has its own count
+    sessions.release("a")
+    assert sessions.try_acquire("a", 2)
+    assert all(sessions.try_acquire("c", 0) for _ in range(50))  # 0: no limit
+
+
+def test_key_entry_is_frozen() -> None:
+    entry = KeyEntry("a", b"\0" * 32)
+    with pytest.raises(AttributeError):
+        entry.label = "b"  # type: ignore[misc]
+
+
+# --- the `voxline hash-key` command ---------------------------------------------------------
+
+
+def test_hash_key_command_with_an_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hash-key", KEY]) == 0
+    assert capsys.readouterr().out == hash_key(KEY) + "\n"
+
+
+def test_hash_key_command_reads_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(KEY + "\n"))
+    assert main(["hash-key", "--label", "bot"]) == 0
+    assert capsys.readouterr().out == f"bot={hash_key(KEY)}\n"
+
+
+def test_hash_key_command_makes_a_new_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hash-key", "--new", "--label", "web"]) == 0
+    key, entry = capsys.readouterr().out.splitlines()
+    found = Authenticator(parse_keys(entry)).verify(key)
+    assert key.startswith("vx_") and found is not None and found.label == "web"
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "message"),
+    [
+        (["hash-key", "--new", KEY], "", "not both"),
+        (["hash-key"], "\n", "empty"),
+        (["hash-key", KEY, "--label", "a b"], "", "label"),
+    ],
+)
+def test_hash_key_command_errors(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], stdin: str, message: str
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+
+
+# --- through the real server -----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    p: Pipeline,
+    *,
+    key: str | None = None,
+    form: str = "bearer",
+    origin: str | None = None,
+) -> AsyncIterator[Client]:
+    url, headers, subprotocols = p.ws_url, None, None
+    if key is not None and form == "bearer":
+        headers = {"Authorization": f"Bearer {key}"}
+    elif key is not None and form == "subprotocol":
+        subprotocols = ["token", key]
+    elif key is not None and form == "query":
+        url += f"?api_key={key}"
+    async with websockets.connect(
+        url,
+        additional_headers=headers,
+        subprotocols=subprotocols,  # type: ignore[arg-type]
+        origin=origin,  # type: ignore[arg-type]
+        max_size=None,
+    ) as ws:
+        yield Client(ws)
+
+
+async def _speaks(c: Client) -> None:
+    await c.send("session.config", response_format="pcm")
+    ready = await c.expect("session.ready")
+    assert ready["session_id"]
+    await c.send("input.text", text="Let me in.")
+    await c.send("input.done")
+    sentences, _ = await c.utterance()
+    assert [s.start["sentence_text"] for s in sentences] == ["Let me in."]
+
+
+async def _refused(c: Client, code: str, close: int) -> None:
+    """The server speaks first: an error, then the close; no session is opened."""
+    error = await c.expect("error")
+    assert error["code"] == code and error["message"]
+    assert KEY not in error["message"] and WRONG_KEY not in error["message"]
+    assert await c.closed() == close
+    assert [m["type"] for m in c.received if isinstance(m, dict)] == ["error"]
+
+
+def _key_sessions(p: Pipeline) -> KeySessions:
+    return p.server.config.app.state.key_sessions
+
+
+@pytest.mark.parametrize("form", ["bearer", "subprotocol", "query"])
+async def test_each_key_form_opens_a_session(redis_url: str, key_prefix: str, form: str) -> None:
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
+        async with connect(p, key=KEY, form=form) as c:
+            assert c.ws.subprotocol == ("token" if form == "subprotocol" else None)
+            await _speaks(c)
+            assert _key_sessions(p).count("alpha") == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "form"),
+    [
+        (None, "bearer"),
+        (WRONG_KEY, "bearer"),
+        (WRONG_KEY, "subprotocol"),
+        (WRONG_KEY, "query"),
+        (hash_key(KEY), "bearer"),  # the hash is not the key
+    ],
+)
+async def test_no_or_wrong_key_is_refused_1008(
+    redis_url: str, key_prefix: str, key: str | None, form: str
+) -> None:
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
+        async with connect(p, key=key, form=form) as c:
+            # The token subprotocol is selected even on refusal, or a browser sees no reason.
+            assert c.ws.subprotocol == ("token" if form == "subprotocol" else None)
+            await _refused(c, "unauthorized", 1008)
+            assert c.ws.close_reason and "key" in c.ws.close_reason
+        assert p.total("taken") == 0 and not _key_sessions(p).count("alpha")
+
+
+async def test_sessions_need_no_key_without_keys(pipeline: Pipeline) -> None:
+    async with connect(pipeline, key=WRONG_KEY, form="subprotocol") as c:
+        assert c.ws.subprotocol == "token"  # still selected, for browsers
+        await _speaks(c)
+
+
+async def test_http_routes_need_a_key_except_healthz(redis_url: str, key_prefix: str) -> None:
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
+        async with httpx.AsyncClient(base_url=p.http) as http:
+            for path in ("/readyz", "/openapi.json", "/docs", "/no/such/route"):
+                for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
+                    refused = await http.get(path, headers=headers)
+                    assert refused.status_code == 401, path
+                    assert refused.headers["www-authenticate"] == "Bearer"
+                    body = refused.json()["error"]
+                    assert body["type"] == body["code"] == "unauthorized" and body["message"]
+            bearer = {"Authorization": f"Bearer {KEY}"}
+            ready = await http.get("/readyz", headers=bearer)
+            assert ready.status_code == 200 and ready.json()["workers"] == 1
+            assert (await http.get("/readyz", params={"api_key": OTHER_KEY})).status_code == 200
+            # The subprotocol form is a WebSocket thing: it opens no HTTP route.
+            sub = {"Sec-WebSocket-Protocol": f"token, {KEY}"}
+            assert (await http.get("/readyz", headers=sub)).status_code == 401
+            assert (await http.get("/no/such/route", headers=bearer)).status_code == 404
+            for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
+                health = await http.get("/healthz", headers=headers)
+                assert health.status_code == 200 and health.json() == {"status": "ok"}
+            await p.stop_workers()
+            not_ready = await http.get("/readyz", headers=bearer)
+            assert not_ready.status_code == 503
+
+
+@pytest.mark.parametrize("with_keys", [True, False])
+async def test_allowed_origins(redis_url: str, key_prefix: str, with_keys: bool) -> None:
+    keys = KEYS if with_keys else ""
+    async with start_pipeline(
+        redis_url, key_prefix, api_keys=keys, allowed_origins=f"{ORIGIN},http://localhost:3000"
+    ) as p:
+        async with connect(p, key=KEY, origin=ORIGIN) as c:
+            await _speaks(c)
+        async with connect(p, key=KEY) as c:  # no Origin: not a browser
+            await _speaks(c)
+        async with connect(p, key=KEY, origin="https://evil.example") as c:
+            await _refused(c, "forbidden_origin", 1008)
+        async with httpx.AsyncClient(base_url=p.http) as http:
+            bearer = {"Authorization": f"Bearer {KEY}"}
+            evil = await http.get("/readyz", headers={**bearer, "Origin": "https://evil.example"})
+            assert evil.status_code == 403 and evil.json()["error"]["code"] == "forbidden_origin"
+            good = await http.get("/readyz", headers={**bearer, "Origin": "http://localhost:3000"})
+            assert good.status_code == 200
+            assert (await http.get("/healthz", headers={"Origin": "https://x"})).status_code == 200
+
+
+async def _wait_for_count(sessions: KeySessions, label: str, count: int) -> None:
+    async with asyncio.timeout(10):
+        while sessions.count(label) != count:
+            await asyncio.sleep(0.01)
+
+
+async def test_per_key_session_limit(redis_url: str, key_prefix: str) -> None:
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS, max_sessions_per_key=2) as p:
+        sessions = _key_sessions(p)
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(connect(p, key=KEY))
+            second = await stack.enter_async_context(connect(p, key=KEY, form="query"))
+            for c in (first, second):
+                await c.send("session.config", response_format="pcm")
+                await c.expect("session.ready")
+            assert sessions.count("alpha") == 2
+            async with connect(p, key=KEY, form="subprotocol") as third:
+                await _refused(third, "too_many_sessions", 1013)
+            # Another key has its own count (and `beta` its own limit of one).
+            async with connect(p, key=OTHER_KEY) as beta:
+                await _speaks(beta)
+                async with connect(p, key=OTHER_KEY) as beta2:
+                    await _refused(beta2, "too_many_sessions", 1013)
+            await first.ws.close()
+            await _wait_for_count(sessions, "alpha", 1)
+            async with connect(p, key=KEY) as again:
+                await _speaks(again)
+            await _speaks_on(second)
+        await _wait_for_count(sessions, "alpha", 0)
+
+
+async def _speaks_on(c: Client) -> None:
+    await c.send("input.text", text="Still mine.")
+    await c.send("input.done")
+    sentences, _ = await c.utterance()
+    assert [s.start["sentence_text"] for s in sentences] == ["Still mine."]
+
+
+# The test's own clients log what they send (websockets and httpx at DEBUG); the server's
+# loggers are what must never print a key.
+CLIENT_LOGGERS = ("websockets.client", "httpx", "httpcore")
+
+
+@contextlib.contextmanager
+def server_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """uvicorn's loggers do not propagate to the root: capture them directly, at DEBUG."""
+    names = ("uvicorn.error", "uvicorn.access")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).addHandler(caplog.handler)
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(caplog.handler)
+            logging.getLogger(name).setLevel(levels[name])
+
+
+async def test_keys_never_reach_the_logs(
+    redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS, max_sessions_per_key=1) as p:
+        with server_logs(caplog):
+            for form in ("bearer", "subprotocol", "query"):
+                async with connect(p, key=KEY, form=form) as c:
+                    await _speaks(c)
+                    async with connect(p, key=KEY, form=form) as over:
+                        await _refused(over, "too_many_sessions", 1013)
+                await _wait_for_count(_key_sessions(p), "alpha", 0)
+                async with connect(p, key=WRONG_KEY, form=form) as c:
+                    await _refused(c, "unauthorized", 1008)
+            async with httpx.AsyncClient(base_url=p.http) as http:
+                for key in (KEY, WRONG_KEY):
+                    await http.get("/readyz", headers={"Authorization": f"Bearer {key}"})
+                    await http.get("/readyz", params={"api_key": key})
+                    await http.get("/healthz", params={"api_key": key})
+    server = [r for r in caplog.records if not r.name.startswith(CLIENT_LOGGERS)]
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in server)
+    for secret in (KEY, WRONG_KEY, KEY[3:20], WRONG_KEY[3:20]):
+        assert secret not in text
+    # The capture saw what would have leaked: refusals, header dumps, request lines.
+    assert "refused websocket /v1/audio/speech/stream" in text
+    assert "unauthorized (key form: query)" in text
+    assert re.search(r"(?i)authorization: \[redacted\]", text), text[-3000:]
+    assert "/readyz?api_key=redacted" in text and "/healthz?api_key=redacted" in text
+    assert "key alpha" in text  # keys are named by label
+
+
+# --- the `voxline say` client ---------------------------------------------------------------
+
+
+def _say_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["say", *argv])
+
+
+async def test_say_sends_its_key(
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out.wav"
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
+        assert await say(_say_args("Hello.", "-o", str(out), "--url", p.url)) == 2
+        assert "unauthorized" in capsys.readouterr().err
+        assert not out.exists()
+        status = await say(_say_args("Hello.", "-o", str(out), "--url", p.url, "--api-key", KEY))
+        assert status == 0 and len(parse_wav(out.read_bytes()).frames) > 0
+        monkeypatch.setenv("VOXLINE_API_KEY", OTHER_KEY)  # the default comes from the env
+        out.unlink()
+        assert await say(_say_args("Hello.", "-o", str(out), "--url", p.url)) == 0
+        assert out.exists()
