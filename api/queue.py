@@ -21,8 +21,16 @@ class JobQueue:
         # entries, which then fail on their queue deadline instead of hanging.
         async with self._redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.xadd(self._keys.jobs, {"j": job.pack()}, maxlen=self._maxlen, approximate=True)
+                stream = self._keys.jobs_first if job.sentence == 0 else self._keys.jobs
+                pipe.xadd(stream, {"j": job.pack()}, maxlen=self._maxlen, approximate=True)
             await pipe.execute()
+
+    async def backlog(self) -> int:
+        """Jobs waiting or being synthesized (entries are deleted once acknowledged)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self._keys.job_streams:
+                pipe.xlen(stream)
+            return sum(await pipe.execute())
 
     async def cancel_sentences(self, session_id: str, sentences: list[tuple[int, int]]) -> None:
         """Cancel single sentences, given as (utterance, sentence) pairs, in one round trip."""

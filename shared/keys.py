@@ -24,6 +24,17 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def jobs_first(self) -> str:
+        """Stream of the first sentence of each utterance: workers read it before `jobs`, so a
+        caller starting to speak never waits behind other sessions' later sentences."""
+        return f"{self.prefix}:jobs:first"
+
+    @property
+    def job_streams(self) -> tuple[str, str]:
+        """Every jobs stream, in the order workers serve them."""
+        return (self.jobs_first, self.jobs)
+
+    @property
     def dead_letters(self) -> str:
         """Stream of jobs given up on after `max_deliveries` (their workers kept dying)."""
         return f"{self.prefix}:jobs:dead"

@@ -16,6 +16,7 @@ import websockets
 from api.app import create_app
 from api.server import Server
 from shared.config import Settings
+from shared.keys import JOBS_GROUP, Keys
 from shared.protocol import PATH
 from worker.consumer import Worker
 from worker.engines import load_engine
@@ -101,6 +102,16 @@ async def start_pipeline(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def pending_jobs(redis: Any, keys: Keys) -> int:
+    """Jobs delivered to a worker and not yet acknowledged, over every jobs stream."""
+    return sum([(await redis.xpending(s, JOBS_GROUP))["pending"] for s in keys.job_streams])
+
+
+async def queued_jobs(redis: Any, keys: Keys) -> int:
+    """Entries in the jobs streams (acknowledged ones are deleted)."""
+    return sum([await redis.xlen(s) for s in keys.job_streams])
 
 
 @dataclass

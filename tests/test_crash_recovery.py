@@ -27,6 +27,10 @@ SENTENCES = [
 ]
 
 
+def _pending(client: redis.Redis, keys: Keys) -> int:
+    return sum(client.xpending(s, JOBS_GROUP)["pending"] for s in keys.job_streams)
+
+
 class _Stack:
     def __init__(self, ws_url: str) -> None:
         self.ws_url = ws_url + "/v1/audio/speech/stream"
@@ -52,18 +56,15 @@ async def test_sigkill_of_a_worker_loses_no_sentence(monkeypatch: pytest.MonkeyP
                 await client.send("input.done")
                 await client.until("audio.start")
                 # Kill the worker synthesizing the sentence being heard.
-                (pending,) = [
-                    p
-                    for p in client_redis.xpending_range(keys.jobs, JOBS_GROUP, "-", "+", 10)
-                    if p["times_delivered"] == 1
-                ][:1]
+                # Sentence 0 is the first of its utterance: on the first-sentences stream.
+                pending = client_redis.xpending_range(keys.jobs_first, JOBS_GROUP, "-", "+", 1)[0]
                 victim = pending["consumer"].decode()
                 pid = int(client_redis.hget(keys.worker(victim), "pid"))
                 os.kill(pid, signal.SIGKILL)
                 done = await client.until("session.done", timeout=30)
             survivor = next(w for w in ids if w != victim)
             claimed = int(client_redis.hget(keys.worker(survivor), "claimed") or 0)
-            assert client_redis.xpending(keys.jobs, JOBS_GROUP)["pending"] == 0
+            assert _pending(client_redis, keys) == 0
     finally:
         client_redis.close()
     assert done["total_sentences"] == len(SENTENCES)
@@ -108,13 +109,13 @@ async def test_sigterm_drains_a_worker_and_the_api(monkeypatch: pytest.MonkeyPat
                 await client.send("input.text", text=" ".join(SENTENCES[:2]))
                 await client.send("input.done")
                 await client.until("audio.start")
-                owner = client_redis.xpending_range(keys.jobs, JOBS_GROUP, "-", "+", 1)[0]
+                owner = client_redis.xpending_range(keys.jobs_first, JOBS_GROUP, "-", "+", 1)[0]
                 victim = int(owner["consumer"].decode()[1])
                 worker_procs[victim].send_signal(signal.SIGTERM)
                 await client.until("session.done", timeout=20)
                 assert worker_procs[victim].wait(timeout=20) == 0
                 assert not client_redis.exists(keys.worker(owner["consumer"].decode()))
-                assert client_redis.xpending(keys.jobs, JOBS_GROUP)["pending"] == 0
+                assert _pending(client_redis, keys) == 0
                 drained = [m for m in client.received if isinstance(m, dict)]
                 # Now the API, mid-way through the first of two sentences.
                 client.received.clear()

@@ -72,7 +72,7 @@ class Worker:
         self._redis: aioredis.Redis | None = None
         self._registration: Registration | None = None
         self._recovery: Recovery | None = None
-        self._running: dict[bytes, _Running] = {}
+        self._running: dict[tuple[str, bytes], _Running] = {}  # by (stream, entry id)
         self._slot_freed = asyncio.Event()
         self.claimed_max = 0  # the most jobs held at once (tests check it never beats slots)
 
@@ -156,12 +156,8 @@ class Worker:
                 if await self._claim_abandoned(free):
                     continue
             block_ms = int(min(_BLOCK_MS, max((next_claim - time.monotonic()) * 1000, 1)))
-            # Take only as many jobs as there are free slots: the rest stay in the stream for
-            # other workers instead of queueing here (a session's sentences spread over the pool).
             try:
-                reply = await reader.xreadgroup(
-                    JOBS_GROUP, self.id, {self.keys.jobs: ">"}, count=free, block=block_ms
-                )
+                deliveries = await self._read(reader, free, block_ms)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -177,8 +173,36 @@ class Worker:
                 # with redis-py on fakeredis): honour it rather than read on. What the read
                 # returned stays pending and is claimed by another worker.
                 raise asyncio.CancelledError
-            entries = [entry for _stream, batch in (reply or []) for entry in batch]
-            self._start([Delivery(entry_id, fields) for entry_id, fields in entries])
+            self._start(deliveries)
+
+    async def _read(self, reader: aioredis.Redis, free: int, block_ms: int) -> list[Delivery]:
+        """Up to `free` jobs, first sentences first. Only as many as there are free slots: the
+        rest stay in the streams for other workers instead of queueing here (a session's
+        sentences spread over the pool)."""
+        first, rest = self.keys.job_streams
+        got = _deliveries(await reader.xreadgroup(JOBS_GROUP, self.id, {first: ">"}, count=free))
+        if len(got) < free:
+            # Nothing urgent: wait on both streams (a first sentence arriving still wins).
+            streams = {rest: ">"} if got else {first: ">", rest: ">"}
+            reply = await reader.xreadgroup(
+                JOBS_GROUP, self.id, streams, count=free - len(got), block=None if got else block_ms
+            )
+            got += sorted(_deliveries(reply), key=lambda d: d.stream != first)
+        if len(got) > free:
+            # COUNT is per stream, so a wait on two can bring one too many: hand the surplus to
+            # the next free worker, ahead of the queue (it has waited its turn already).
+            await self._requeue(got[free:])
+            got = got[:free]
+        return got
+
+    async def _requeue(self, surplus: list[Delivery]) -> None:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for delivery in surplus:
+                pipe.xadd(self.keys.jobs_first, delivery.fields)
+                pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
+                pipe.xdel(delivery.stream, delivery.entry_id)
+            await pipe.execute()
 
     async def _claim_abandoned(self, free: int) -> bool:
         assert self._recovery is not None and self._registration is not None
@@ -205,12 +229,13 @@ class Worker:
     def _start(self, deliveries: list[Delivery]) -> None:
         self.claimed_max = max(self.claimed_max, len(self._running) + len(deliveries))
         for delivery in deliveries:
-            running = self._running[delivery.entry_id] = _Running()
+            key = (delivery.stream, delivery.entry_id)
+            running = self._running[key] = _Running()
             running.task = asyncio.create_task(self._process(delivery, running))
-            running.task.add_done_callback(lambda _t, e=delivery.entry_id: self._job_done(e))
+            running.task.add_done_callback(lambda _t, k=key: self._job_done(k))
 
-    def _job_done(self, entry_id: bytes) -> None:
-        self._running.pop(entry_id, None)
+    def _job_done(self, key: tuple[str, bytes]) -> None:
+        self._running.pop(key, None)
         self._slot_freed.set()
 
     async def _refresh_loop(self) -> None:
@@ -227,11 +252,11 @@ class Worker:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("could not refresh in-flight jobs (%s)", exc)
                 continue
-            for entry_id in lost:
-                running = self._running.get(entry_id)
+            for key in lost:
+                running = self._running.get(key)
                 if running is None:
                     continue  # finished meanwhile
-                log.warning("job %s was claimed by another worker; dropping it", entry_id.decode())
+                log.warning("job %s was claimed by another worker; dropping it", key[1].decode())
                 running.lost = True
                 if running.token is not None:
                     running.token.set()
@@ -284,10 +309,10 @@ class Worker:
         except Exception:
             log.exception("job %r failed outside the engine", delivery.entry_id)
         finally:
-            await self._settle(redis, delivery.entry_id, running, counts)
+            await self._settle(redis, delivery, running, counts)
 
     async def _settle(
-        self, redis: aioredis.Redis, entry_id: bytes, running: _Running, counts: dict[str, int]
+        self, redis: aioredis.Redis, delivery: Delivery, running: _Running, counts: dict[str, int]
     ) -> None:
         """Acknowledge a finished job, or leave it to another worker (lost, or released)."""
         assert self._registration is not None and self._recovery is not None
@@ -298,10 +323,10 @@ class Worker:
                 if running.lost:
                     pass
                 elif counts.get("released"):
-                    self._recovery.release_in(pipe, entry_id)
+                    self._recovery.release_in(pipe, delivery)
                 else:
-                    pipe.xack(self.keys.jobs, JOBS_GROUP, entry_id)
-                    pipe.xdel(self.keys.jobs, entry_id)
+                    pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
+                    pipe.xdel(delivery.stream, delivery.entry_id)
                 self._registration.count(pipe, **counts)
                 await pipe.execute()
 
@@ -395,3 +420,11 @@ class Worker:
             log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
             counts["failed"] = 1
             await publisher.send(EventKind.ERROR, f"engine failure: {type(exc).__name__}")
+
+
+def _deliveries(reply: list | None) -> list[Delivery]:
+    return [
+        Delivery(stream.decode() if isinstance(stream, bytes) else stream, entry_id, fields)
+        for stream, batch in (reply or [])
+        for entry_id, fields in batch
+    ]

@@ -11,8 +11,9 @@ import pytest
 from api.queue import JobQueue
 from shared.config import Settings
 from shared.connections import connect
-from shared.keys import JOBS_GROUP, Keys
+from shared.keys import Keys
 from shared.wire import Event, EventKind, Job
+from tests.harness import pending_jobs, queued_jobs
 from worker.consumer import Worker
 from worker.engines import load_engine
 from worker.engines.tone import ToneEngine
@@ -100,9 +101,8 @@ async def test_events_are_sequenced_and_the_entry_is_acknowledged(
             if worker.stats["completed"]:
                 break
             await asyncio.sleep(0.01)
-        pending = await redis.xpending(keys.jobs, JOBS_GROUP)
-        assert pending["pending"] == 0, "acknowledged once finished"
-        assert await redis.xlen(keys.jobs) == 0, "and deleted"
+        assert await pending_jobs(redis, keys) == 0, "acknowledged once finished"
+        assert await queued_jobs(redis, keys) == 0, "and deleted"
         assert int(await redis.hget(keys.worker(worker.id), "completed")) == 1
     await redis.aclose()
 
@@ -140,7 +140,7 @@ async def test_malformed_entries_are_dropped_not_retried(redis_url: str, key_pre
                 break
             await asyncio.sleep(0.01)
         assert worker.stats["taken"] == 1 and worker.stats["started"] == 0
-        assert (await redis.xpending(keys.jobs, JOBS_GROUP))["pending"] == 0
+        assert await pending_jobs(redis, keys) == 0
     await redis.aclose()
 
 
@@ -155,8 +155,7 @@ async def test_a_worker_takes_no_more_jobs_than_it_has_slots(
             await queue.enqueue(_job(i, "A sentence that takes a while."))
         await asyncio.sleep(0.3)
         assert len(worker.in_flight) == 2
-        pending = await redis.xpending(keys.jobs, JOBS_GROUP)
-        assert pending["pending"] == 2, "the other three wait for any worker"
+        assert await pending_jobs(redis, keys) == 2, "the other three wait for any worker"
     await redis.aclose()
 
 
@@ -194,7 +193,7 @@ async def test_claims_follow_the_engines_capacity(
             await queue.enqueue(_job(i, "A sentence that takes a while."))
         await asyncio.sleep(0.3)
         assert len(worker.in_flight) == held
-        assert (await redis.xpending(keys.jobs, JOBS_GROUP))["pending"] == held
+        assert await pending_jobs(redis, keys) == held
         engine.slots = 1  # capacity fell: no new claim until in-flight work drops below it
         for _ in range(500):
             if worker.stats.get("completed", 0) >= held:
@@ -236,7 +235,7 @@ async def test_work_of_a_session_whose_front_end_died_stops(
         assert worker.stats["cancelled"] == 1 and worker.stats["orphaned"] == 1
         assert worker.stats["completed"] == 0
         assert not await redis.exists(keys.lease("sess"))
-        assert (await redis.xpending(keys.jobs, JOBS_GROUP))["pending"] == 0
+        assert await pending_jobs(redis, keys) == 0
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -14,8 +14,9 @@ import pytest
 from shared.config import Settings
 from shared.connections import connect
 from shared.keys import JOBS_GROUP, Keys
+from shared.streams import ensure_jobs_group
 from shared.wire import Event, EventKind, Job
-from tests.harness import Client, Pipeline, start_pipeline
+from tests.harness import Client, Pipeline, pending_jobs, queued_jobs, start_pipeline
 from worker.consumer import Worker
 from worker.engines import load_engine
 from worker.recovery import Recovery
@@ -44,26 +45,32 @@ class Ghost:
         self.redis = connect(pipeline.settings.redis_url)
         self.keys = Keys(pipeline.settings.key_prefix)
         self.name = name
+        self.streams: dict[bytes, str] = {}  # entry id -> its stream
 
     async def take(self, count: int = 1, timeout: float = 5.0) -> list[tuple[bytes, Job]]:
         """Wait for `count` jobs to be pending with a dead consumer: this ghost, or the stopped
         worker whose last blocking read Redis answered after it was gone (a real hazard: the
         entry is delivered to a consumer that will never process it)."""
+        streams = self.keys.job_streams
         async with asyncio.timeout(timeout):
             while True:
-                await self.redis.xreadgroup(JOBS_GROUP, self.name, {self.keys.jobs: ">"})
-                pending = await self.redis.xpending_range(
-                    self.keys.jobs, JOBS_GROUP, "-", "+", count + 1
-                )
+                await self.redis.xreadgroup(JOBS_GROUP, self.name, dict.fromkeys(streams, ">"))
+                pending = [
+                    (stream, p["message_id"])
+                    for stream in streams
+                    for p in await self.redis.xpending_range(
+                        stream, JOBS_GROUP, "-", "+", count + 1
+                    )
+                ]
                 if len(pending) >= count:
                     break
                 await asyncio.sleep(0.02)
         taken = []
-        for entry in pending:
-            ((entry_id, fields),) = await self.redis.xrange(
-                self.keys.jobs, entry["message_id"], entry["message_id"]
-            )
+        for stream, message_id in pending:
+            ((entry_id, fields),) = await self.redis.xrange(stream, message_id, message_id)
+            self.streams[entry_id] = stream
             taken.append((entry_id, Job.unpack(fields[b"j"])))
+        taken.sort(key=lambda t: t[1].sentence)
         assert len(taken) == count
         return taken
 
@@ -72,8 +79,7 @@ class Ghost:
         await self.redis.publish(self.keys.audio_channel(job.session_id), event.pack())
 
     async def pending(self) -> int:
-        summary = await self.redis.xpending(self.keys.jobs, JOBS_GROUP)
-        return summary["pending"]
+        return await pending_jobs(self.redis, self.keys)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -123,7 +129,7 @@ async def test_a_dead_workers_unstarted_sentence_is_retried_transparently(
         assert sentences[0].done["error"] is False
         assert sentences[0].audio == expected
         assert await ghost.pending() == 0
-        assert await ghost.redis.xlen(ghost.keys.jobs) == 0
+        assert await queued_jobs(ghost.redis, ghost.keys) == 0
 
 
 async def test_partly_heard_sentence_fails_explicitly_and_is_not_repeated(
@@ -179,7 +185,7 @@ async def test_job_is_dead_lettered_after_max_deliveries(redis_url: str, key_pre
         assert fields[b"entry"] == entry_id and fields[b"deliveries"] == b"1"
         assert Job.unpack(fields[b"j"]) == job
         assert await ghost.pending() == 0
-        assert await ghost.redis.xlen(ghost.keys.jobs) == 0
+        assert await queued_jobs(ghost.redis, ghost.keys) == 0
 
 
 async def test_events_of_a_superseded_worker_are_ignored(redis_url: str, key_prefix: str) -> None:
@@ -215,7 +221,7 @@ async def test_trimmed_abandoned_entries_are_dropped_and_the_rest_retried(
             await client.send("input.done")
             taken = await ghost.take(3)
             # The second entry is trimmed away while pending (as MAXLEN does under backlog).
-            await ghost.redis.xdel(ghost.keys.jobs, taken[1][0])
+            await ghost.redis.xdel(ghost.streams[taken[1][0]], taken[1][0])
             async with worker_on(pipeline.settings) as rescuer:
                 sentences, _ = await client.utterance(timeout=15)
                 stats = dict(rescuer.stats)
@@ -230,23 +236,24 @@ async def test_refresh_reports_jobs_claimed_away(redis_url: str, key_prefix: str
     keys = Keys(key_prefix)
     redis = connect(redis_url)
     try:
-        await redis.xgroup_create(keys.jobs, JOBS_GROUP, id="$", mkstream=True)
+        await ensure_jobs_group(redis, keys)
         ids = [await redis.xadd(keys.jobs, {"j": b"x"}) for _ in range(2)]
+        held = {(keys.jobs, i) for i in ids}
         await redis.xreadgroup(JOBS_GROUP, "a", {keys.jobs: ">"}, count=2)
         a = Recovery(redis, keys, "a", claim_idle=0.05, max_deliveries=3)
         b = Recovery(redis, keys, "b", claim_idle=0.05, max_deliveries=3)
-        assert await a.refresh(set(ids)) == set()
+        assert await a.refresh(held) == set()
         assert (await b.claim(5)).deliveries == []  # just refreshed: not abandoned
         await asyncio.sleep(0.1)
         claimed = await b.claim(1)
         assert [d.entry_id for d in claimed.deliveries] == [ids[0]]
         assert claimed.deliveries[0].attempt == 2
-        assert await a.refresh(set(ids)) == {ids[0]}
+        assert await a.refresh(held) == {(keys.jobs, ids[0])}
         # Refreshing never steals back, and keeps the delivery count.
         pending = await redis.xpending_range(keys.jobs, JOBS_GROUP, "-", "+", 10)
         assert {(p["consumer"], p["times_delivered"]) for p in pending} == {(b"b", 2), (b"a", 1)}
     finally:
-        await redis.delete(keys.jobs)
+        await redis.delete(*keys.job_streams)
         await redis.aclose()
 
 
