@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ class Hub:
     leases: Leases
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz says not ready, new sessions are refused
+    _load: tuple[int, int] = (0, 0)  # (jobs backlog, live worker slots)
+    _load_at: float = -1.0
 
     @classmethod
     async def open(cls, settings: Settings) -> Hub:
@@ -62,6 +65,25 @@ class Hub:
     def _return_path_lost(self) -> None:
         for session in list(self.sessions):
             session.abort_outstanding("lost the connection to Redis; the sentence was aborted")
+
+    async def overloaded(self) -> str | None:
+        """Why a new session must be refused now, or None. Measured, not guessed: the jobs
+        backlog against the live workers' slots, both cached briefly since every new session
+        asks."""
+        now = time.monotonic()
+        if now - self._load_at > 0.25:
+            backlog = await self.queue.backlog()
+            await self.pool.engine()
+            self._load = (backlog, self.pool.slots)
+            self._load_at = now
+        backlog, slots = self._load
+        limit = self.settings.max_backlog_per_slot * slots
+        if slots and backlog > limit:
+            return (
+                f"the service is at capacity ({backlog} sentences queued for {slots} worker "
+                "slots); try again later"
+            )
+        return None
 
     async def shutdown(self) -> None:
         """Let every session finish the sentence its caller is hearing, drop the rest of its

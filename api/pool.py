@@ -21,6 +21,7 @@ class WorkerPool:
         self._keys = keys
         self._ttl = worker_ttl
         self._cached: tuple[float, EngineInfo | None, int] = (0.0, None, 0)
+        self.slots = 0  # jobs the live workers can hold at once, as they last reported
 
     async def live_workers(self) -> list[str]:
         now = time.time()
@@ -35,8 +36,10 @@ class WorkerPool:
         ids = await self.live_workers()
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
-                pipe.hget(self._keys.worker(worker_id), "info")
-            infos = [EngineInfo.unpack(raw) for raw in await pipe.execute() if raw is not None]
+                pipe.hmget(self._keys.worker(worker_id), "info", "slots")
+            rows = [row for row in await pipe.execute() if row[0] is not None]
+        infos = [EngineInfo.unpack(raw) for raw, _ in rows]
+        self.slots = sum(int(slots or 1) for _, slots in rows)
         names = {i.name for i in infos}
         if len(names) > 1:
             log.warning("workers on one jobs stream run different engines: %s", sorted(names))

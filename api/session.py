@@ -45,7 +45,7 @@ class _Disconnected(Exception):
 class Sentence:
     index: int
     text: str
-    enqueued_at: float  # monotonic
+    enqueued_at: float  # monotonic: when its text was complete
     events: asyncio.Queue[Event | None] = field(default_factory=asyncio.Queue)
     start_sent: bool = False
     finished: bool = False  # audio.done sent
@@ -53,6 +53,8 @@ class Sentence:
     first_byte_ms: float | None = None
     last_byte_ms: float | None = None
     attempt_seen: int = 0  # newest delivery of the job heard from
+    queued: bool = False  # its job is on a stream (sentences wait locally beyond the cap)
+    queued_at: float = 0.0  # monotonic
 
 
 @dataclass(eq=False)
@@ -93,6 +95,8 @@ class Session:
         self._last_activity = time.monotonic()
         self._shutting_down = False
         self._in_delivery: Sentence | None = None  # the sentence the relay is delivering
+        # Sentences whose jobs wait for room under max_sentences_in_flight.
+        self._waiting: deque[tuple[Utterance, Sentence]] = deque()
         self.finished = asyncio.Event()  # run() has returned
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -110,6 +114,12 @@ class Session:
             return
         if not self.hub.returns.connected.is_set():
             await self._refuse(_unavailable())
+            return
+        busy = await self.hub.overloaded()
+        if busy is not None:
+            await self._refuse(
+                ProtocolError(ErrorCode.OVERLOADED, busy, close=CloseCode.TRY_AGAIN_LATER)
+            )
             return
         if len(self.hub.sessions) >= self.settings.max_sessions:
             await self._refuse(
@@ -387,22 +397,43 @@ class Session:
     async def _enqueue_all(self, utt: Utterance, texts: list[str]) -> None:
         if not texts:
             return
-        jobs = []
         now = time.monotonic()
         for text in texts:
             sentence = Sentence(len(utt.sentences), text, now)
             # Registered before the job exists, so no event can arrive for an unknown sentence.
             utt.sentences.append(sentence)
             self._live[(utt.index, sentence.index)] = sentence
-            jobs.append(self._job(utt, sentence))
+            self._waiting.append((utt, sentence))
         utt.changed.set()
+        await self._submit()
+
+    async def _submit(self) -> None:
+        """Queue waiting sentences while this session has fewer than max_sentences_in_flight
+        on the streams: one long text cannot fill the queue ahead of other callers, and a
+        barge-in has less to cancel."""
+        room = self.settings.max_sentences_in_flight - sum(
+            1 for u in self.utterances for s in u.sentences if s.queued and not s.finished
+        )
+        batch: list[tuple[Utterance, Sentence]] = []
+        while room > 0 and self._waiting:
+            utt, sentence = self._waiting.popleft()
+            if utt.cancelled or sentence.finished:
+                continue
+            batch.append((utt, sentence))
+            room -= 1
+        if not batch:
+            return
+        now = time.monotonic()
+        for _, sentence in batch:
+            sentence.queued, sentence.queued_at = True, now
+        jobs = [self._job(utt, sentence) for utt, sentence in batch]
         self._enqueued_any = True
         try:
             await self.hub.queue.enqueue(*jobs)
         except (RedisError, OSError) as exc:
             log.warning("session %s: could not queue %d sentences: %s", self.id, len(jobs), exc)
-            for job in jobs:
-                _abort(utt.sentences[job.sentence], "could not queue the sentence (Redis down)")
+            for _, sentence in batch:
+                _abort(sentence, "could not queue the sentence (Redis down)")
 
     def _job(self, utt: Utterance, sentence: Sentence) -> Job:
         config = self.config
@@ -498,11 +529,14 @@ class Session:
         position = 0
         while not utt.cancelled and not self._shutting_down:
             if position < len(utt.sentences):
-                self._in_delivery = utt.sentences[position]
+                sentence = self._in_delivery = utt.sentences[position]
                 try:
-                    await self._deliver_sentence(utt, utt.sentences[position])
+                    if not sentence.queued:
+                        await self._submit()
+                    await self._deliver_sentence(utt, sentence)
                 finally:
                     self._in_delivery = None
+                await self._submit()  # its place on the streams is free
                 position += 1
             elif utt.ended:
                 async with self._send_lock:
@@ -527,7 +561,7 @@ class Session:
                 if started:
                     wait = settings.stall_timeout
                 else:
-                    wait = settings.queue_timeout - (time.monotonic() - sentence.enqueued_at)
+                    wait = settings.queue_timeout - (time.monotonic() - sentence.queued_at)
                 try:
                     event = await _next_event(sentence.events, wait)
                 except TimeoutError:

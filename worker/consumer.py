@@ -95,6 +95,7 @@ class Worker:
             interval=settings.heartbeat_interval,
             ttl=settings.worker_ttl,
             heartbeat_file=self.heartbeat_file,
+            slots=self.slots,
         )
         self._recovery = Recovery(
             redis,

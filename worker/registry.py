@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -47,8 +48,10 @@ class Registration:
         interval: float,
         ttl: float,
         heartbeat_file: str | None = None,
+        slots: Callable[[], int] = lambda: 1,
     ) -> None:
         self._redis = redis
+        self._slots = slots
         self._keys = keys
         self._id = worker_id
         self._info = info
@@ -103,7 +106,10 @@ class Registration:
         async with self._redis.pipeline(transaction=False) as pipe:
             # The info is rewritten every beat: the hash may be gone (a Redis restart, a beat
             # missed past the TTL), and without it the front end cannot use this worker.
-            pipe.hset(self._keys.worker(self._id), "info", self._info.pack())
+            pipe.hset(
+                self._keys.worker(self._id),
+                mapping={"info": self._info.pack(), "slots": self._slots()},
+            )
             pipe.expire(self._keys.worker(self._id), int(self._ttl) + 1)
             pipe.zadd(self._keys.workers, {self._id: now})
             # Entries of workers that died without deregistering.
