@@ -63,6 +63,7 @@ class Utterance:
     splitter: SentenceSplitter
     sentences: list[Sentence] = field(default_factory=list)
     ended: bool = False  # input.done (or session.close) received
+    opened_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     done_sent: bool = False  # session.done written
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,14 +159,23 @@ class Session:
     async def _serve(self) -> None:
         receiver = asyncio.create_task(self._receive_loop(), name=f"recv-{self.id}")
         relay = asyncio.create_task(self._relay_loop(), name=f"relay-{self.id}")
+        limit = self.settings.max_session_seconds
+        expiry = asyncio.create_task(asyncio.sleep(limit), name=f"expiry-{self.id}")
+        tasks = (receiver, relay, expiry)
         try:
-            done, _ = await asyncio.wait({receiver, relay}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (receiver, relay):
+            for task in tasks:
                 task.cancel()
-            for task in (receiver, relay):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, _Disconnected):
                     await task
+        if expiry in done:
+            raise ProtocolError(
+                ErrorCode.SESSION_EXPIRED,
+                f"the connection reached its limit of {limit:g} s; reconnect to go on",
+                close=CloseCode.POLICY_VIOLATION,
+            )
         for task in done:
             task.result()  # re-raise what ended the session
 
@@ -347,6 +357,16 @@ class Session:
             )
         utt = self._open_utterance()
         await self._enqueue_all(utt, utt.splitter.feed(text))
+        limit = self.settings.max_utterance_seconds
+        if time.monotonic() - utt.opened_at > limit:
+            # An utterance that never ends would hold its buffer and order forever: end it
+            # here (as input.done would) and say so; more text starts the next one.
+            await self._end_utterance(utt)
+            raise ProtocolError(
+                ErrorCode.UTTERANCE_TOO_LONG,
+                f"utterance {utt.index} reached its limit of {limit:g} s and was ended; "
+                "further text starts a new utterance",
+            )
 
     async def _reconfigure(self, data: dict[str, Any]) -> None:
         if any(not u.is_empty() for u in self.utterances):

@@ -31,6 +31,8 @@ class ErrorCode(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN_ORIGIN = "forbidden_origin"
     TOO_MANY_SESSIONS = "too_many_sessions"
+    UTTERANCE_TOO_LONG = "utterance_too_long"
+    SESSION_EXPIRED = "session_expired"
 
 
 class CloseCode(enum.IntEnum):
