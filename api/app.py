@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Authenticator, AuthMiddleware, KeySessions, describe, install_log_redaction
 from api.hub import Hub
+from api.server import quiet_client_faults
 from api.session import Session
 from shared.config import Settings
 from shared.protocol import PATH
@@ -33,6 +34,7 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
             if sidecar is not None:
                 await stack.enter_async_context(sidecar())
             app.state.hub = hub
+            quiet_client_faults()
             if auth.enabled:
                 # After uvicorn configured logging: its loggers must never print a key.
                 install_log_redaction()

@@ -14,6 +14,28 @@ import uvicorn
 log = logging.getLogger("voxline.api.server")
 
 
+class _ClientFaultsAreWarnings(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 text frame at ERROR with a traceback (it closes
+    1007, rightly): any client could fill the error log with tracebacks. A client's mistake is
+    a warning, without the stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Invalid UTF-8"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FILTER = _ClientFaultsAreWarnings()
+
+
+def quiet_client_faults() -> None:
+    """Idempotent; call after uvicorn configured logging (its dictConfig keeps filters)."""
+    logger = logging.getLogger("uvicorn.error")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+
+
 class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
