@@ -369,13 +369,15 @@ class Session:
             )
 
     async def _reconfigure(self, data: dict[str, Any]) -> None:
-        if any(not u.is_empty() for u in self.utterances):
+        # An utterance whose session.done is out is over, even before the relay forgets it.
+        if any(not u.is_empty() and not u.done_sent for u in self.utterances):
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "session.config is only accepted between utterances",
             )
         for utt in list(self.utterances):
-            self._drop_empty(utt)
+            if utt.is_empty():
+                self._drop_empty(utt)
         await self._configure(data)
 
     # --- utterances -----------------------------------------------------------------------
@@ -449,6 +451,10 @@ class Session:
         jobs = [self._job(utt, sentence) for utt, sentence in batch]
         self._enqueued_any = True
         try:
+            if not self.hub.returns.connected.is_set():
+                # Redis may be back, but this process has not re-subscribed yet: the audio would
+                # be published into the void and the sentence fail only on queue_timeout.
+                raise ConnectionError("the return path is reconnecting")
             await self.hub.queue.enqueue(*jobs)
         except (RedisError, OSError) as exc:
             log.warning("session %s: could not queue %d sentences: %s", self.id, len(jobs), exc)
