@@ -357,8 +357,12 @@ class Worker:
             if any(flags):
                 counts["skipped_cancelled"] = 1
             elif not leased:
-                # Its front end is gone (died without cancelling): nobody would hear it.
+                # Its front end is gone (died without cancelling): nobody would hear it. Or
+                # Redis restarted and the front end has not renewed the lease yet: STARTED is
+                # out, and silence would hold a listening caller until stall_timeout. Say why.
                 counts["orphaned"] = 1
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await publisher.send(EventKind.ERROR, "the session's lease is missing")
             elif not running.lost:
                 await self._synthesize(job, token, publisher, counts)
         finally:
