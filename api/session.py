@@ -116,7 +116,11 @@ class Session:
         if not self.hub.returns.connected.is_set():
             await self._refuse(_unavailable())
             return
-        busy = await self.hub.overloaded()
+        try:
+            busy = await self.hub.overloaded()
+        except (RedisError, OSError) as exc:
+            log.warning("session %s: Redis unreachable (%s); refused", self.id, exc)
+            busy = _unavailable().message
         if busy is not None:
             await self._refuse(
                 ProtocolError(ErrorCode.OVERLOADED, busy, close=CloseCode.TRY_AGAIN_LATER)

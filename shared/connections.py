@@ -17,6 +17,9 @@ from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 MEMORY_SCHEME = "memory://"
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
@@ -58,7 +61,16 @@ def connect(url: str, *, blocking: bool = False) -> Client:
         return _memory_client(url[len(MEMORY_SCHEME) :] or "default")
     if is_cluster(url):
         return _cluster_client(url, blocking)
-    return aioredis.Redis.from_url(url, **_timeouts(blocking), retry_on_timeout=False)
+    # One quick retry on a dropped connection: after a Redis restart every pooled connection
+    # is dead, and the first command on each would fail although the server is back. No retry
+    # on timeouts (the command may have run).
+    return aioredis.Redis.from_url(
+        url,
+        **_timeouts(blocking),
+        retry_on_timeout=False,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+        retry_on_error=[RedisConnectionError],
+    )
 
 
 def parse_cluster_url(url: str) -> dict[str, Any]:
