@@ -3,7 +3,7 @@ on a free loopback port, `voxline api`, `voxline worker`) with their logs in one
 and a load client that streams utterances over many WebSocket sessions and classifies every
 sentence it sent.
 
-Not a test helper: nothing here imports from tests/.
+The `redis-server` launcher is the tests' own (tests/redis_servers.py).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,12 +30,9 @@ from shared.protocol import PATH
 from worker.engines.tone import ToneEngine
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# The redis-server launcher is the tests' own; tests/ is not installed, the checkout is.
+sys.path.insert(0, str(ROOT))
+from tests.redis_servers import RedisBinaryMissing, RedisServer, free_port  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -51,76 +46,22 @@ def rss_mib(pid: int) -> float:
 # --- processes ---------------------------------------------------------------------------
 
 
-class RedisProc:
-    """A `redis-server` on 127.0.0.1 with no persistence, restartable on the same port."""
+class RedisProc(RedisServer):
+    """The tests' restartable `redis-server` (no persistence), its files in the run's logs."""
 
     def __init__(self, log_dir: Path) -> None:
-        found = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
-        if not found:
-            raise SystemExit("redis-server not found (install Redis or set REDIS_SERVER_BIN)")
-        self.binary = found
-        self.port = free_port()
-        self.dir = log_dir / "redis"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_connect_timeout=2, socket_timeout=5
-        )
-
-    def start(self, timeout: float = 10.0) -> None:
-        command = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-            "--logfile",
-            str(self.dir / "redis.log"),
-            "--daemonize",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + timeout
-        client = self.client()
         try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-                with contextlib.suppress(redis.RedisError, OSError):
-                    if client.ping():
-                        return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on {self.port} not ready in {timeout} s")
-                time.sleep(0.02)
-        finally:
-            client.close()
+            super().__init__(directory=log_dir / "redis")
+        except RedisBinaryMissing as exc:
+            raise SystemExit(str(exc)) from None
+        self.dir.mkdir(parents=True, exist_ok=True)
 
-    def stop(self, *, kill: bool) -> None:
+    def stop(self, *, kill: bool = False) -> None:  # type: ignore[override]
         """SIGKILL (vanishes) or SIGTERM (closes its connections), and wait for the exit."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if kill:
+            self.kill()
+        else:
+            super().stop()
 
     def dbsize(self) -> int:
         client = self.client()
