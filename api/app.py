@@ -68,6 +68,8 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
             checks["workers"] = 0
         checks["return_path"] = "ok" if hub.returns.connected.is_set() else "reconnecting"
         ready = checks["redis"] == "ok" and checks["workers"] and checks["return_path"] == "ok"
+        if hub.pool.shard_mismatch:
+            checks["job_shards"], ready = hub.pool.shard_mismatch, False
         if hub.draining:
             checks["draining"], ready = True, False
         checks["status"] = "ready" if ready else "not ready"

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import redis.asyncio as aioredis
 
 from api.leases import Leases
 from api.pool import WorkerPool
 from api.queue import JobQueue
 from api.returns import ReturnPath
 from shared.config import Settings
-from shared.connections import connect
+from shared.connections import Client, connect
 from shared.keys import Keys
 from shared.streams import ensure_jobs_group
 
@@ -29,7 +28,7 @@ log = logging.getLogger("voxline.api.hub")
 class Hub:
     settings: Settings
     keys: Keys
-    redis: aioredis.Redis
+    redis: Client
     queue: JobQueue
     returns: ReturnPath
     pool: WorkerPool
@@ -41,7 +40,7 @@ class Hub:
 
     @classmethod
     async def open(cls, settings: Settings) -> Hub:
-        keys = Keys(settings.key_prefix)
+        keys = Keys(settings.key_prefix, settings.job_shards)
         redis = connect(settings.redis_url)
         await ensure_jobs_group(redis, keys)
         returns = ReturnPath(settings.redis_url, keys)
@@ -62,9 +61,11 @@ class Hub:
         returns.on_lost = hub._return_path_lost
         return hub
 
-    def _return_path_lost(self) -> None:
+    def _return_path_lost(self, session_ids: Collection[str] | None) -> None:
+        wanted = None if session_ids is None else set(session_ids)
         for session in list(self.sessions):
-            session.abort_outstanding("lost the connection to Redis; the sentence was aborted")
+            if wanted is None or session.id in wanted:
+                session.abort_outstanding("lost the connection to Redis; the sentence was aborted")
 
     async def overloaded(self) -> str | None:
         """Why a new session must be refused now, or None. Measured, not guessed: the jobs

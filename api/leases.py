@@ -7,17 +7,14 @@ import asyncio
 import contextlib
 import logging
 
-import redis.asyncio as aioredis
-
+from shared.connections import Client
 from shared.keys import Keys
 
 log = logging.getLogger("voxline.api.leases")
 
 
 class Leases:
-    def __init__(
-        self, redis: aioredis.Redis, keys: Keys, *, lease_ttl: float, session_ttl: float
-    ) -> None:
+    def __init__(self, redis: Client, keys: Keys, *, lease_ttl: float, session_ttl: float) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_ms = max(int(lease_ttl * 1000), 1)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio as aioredis
-
 from shared.capabilities import EngineInfo
+from shared.connections import Client
 from shared.keys import Keys
 
 log = logging.getLogger("voxline.api.pool")
@@ -16,12 +15,14 @@ log = logging.getLogger("voxline.api.pool")
 class WorkerPool:
     """Reads the workers' registry; cached briefly, since every new session asks."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, worker_ttl: float) -> None:
+    def __init__(self, redis: Client, keys: Keys, *, worker_ttl: float) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = worker_ttl
         self._cached: tuple[float, EngineInfo | None, int] = (0.0, None, 0)
         self.slots = 0  # jobs the live workers can hold at once, as they last reported
+        # Workers that read fewer jobs shards than this front end writes (set when found).
+        self.shard_mismatch: str | None = None
 
     async def live_workers(self) -> list[str]:
         now = time.time()
@@ -36,10 +37,11 @@ class WorkerPool:
         ids = await self.live_workers()
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in ids:
-                pipe.hmget(self._keys.worker(worker_id), "info", "slots")
+                pipe.hmget(self._keys.worker(worker_id), "info", "slots", "shards")
             rows = [row for row in await pipe.execute() if row[0] is not None]
-        infos = [EngineInfo.unpack(raw) for raw, _ in rows]
-        self.slots = sum(int(slots or 1) for _, slots in rows)
+        infos = [EngineInfo.unpack(raw) for raw, _, _ in rows]
+        self.slots = sum(int(slots or 1) for _, slots, _ in rows)
+        self._check_shards([int(shards or 1) for _, _, shards in rows])
         names = {i.name for i in infos}
         if len(names) > 1:
             log.warning("workers on one jobs stream run different engines: %s", sorted(names))
@@ -47,3 +49,16 @@ class WorkerPool:
         # Only workers that published their info can serve a session.
         self._cached = (time.monotonic(), info, len(infos))
         return info, len(infos)
+
+    def _check_shards(self, read: list[int]) -> None:
+        """Jobs on a shard no worker reads would wait until their deadline: say so loudly."""
+        short = sorted({n for n in read if n < self._keys.shards})
+        mismatch = None
+        if short:
+            mismatch = (
+                f"this front end writes {self._keys.shards} jobs shards but some workers read "
+                f"only {short}: set the same VOXLINE_JOB_SHARDS everywhere"
+            )
+        if mismatch and mismatch != self.shard_mismatch:
+            log.error("%s", mismatch)
+        self.shard_mismatch = mismatch

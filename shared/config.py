@@ -25,8 +25,12 @@ class Settings:
     queue_timeout: float = 30.0
     # A started sentence whose worker says nothing for this long fails (the worker died).
     stall_timeout: float = 10.0
-    # Jobs stream is trimmed (approximately) to this many entries.
+    # Each jobs stream is trimmed (approximately) to this many entries.
     stream_maxlen: int = 10_000
+    # The jobs queue is split into this many shards (each a pair of streams on one cluster
+    # slot). 1 on a single Redis; on a Cluster one or two per master spread the queue. Front
+    # ends and workers must agree; workers may read more shards than the front ends write.
+    job_shards: int = 1
     # A session's keys expire this long after its front end stopped renewing its lease.
     session_ttl: int = 60
     # Workers refresh their registry entry this often; one silent for worker_ttl is gone.

@@ -19,13 +19,27 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, MovedError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MEMORY_SCHEME = "memory://"
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 # Either kind of client `connect()` returns for a real server.
 Client = aioredis.Redis | RedisCluster
+
+# What a live Redis (or Cluster) can throw while a server restarts, a network blips or a
+# master fails over: callers that run for the life of the process wait and retry on these.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,  # CLUSTERDOWN, MASTERDOWN: a failover under way
+    TryAgainError,  # a slot being migrated
+    MovedError,
+    RedisClusterException,  # slot not covered yet, the slot map unreadable
+)
 
 _memory_servers: dict[str, Any] = {}
 
@@ -64,13 +78,19 @@ def connect(url: str, *, blocking: bool = False) -> Client:
     # One quick retry on a dropped connection: after a Redis restart every pooled connection
     # is dead, and the first command on each would fail although the server is back. No retry
     # on timeouts (the command may have run).
-    return aioredis.Redis.from_url(
-        url,
-        **_timeouts(blocking),
-        retry_on_timeout=False,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-        retry_on_error=[RedisConnectionError],
-    )
+    return aioredis.Redis.from_url(url, **_timeouts(blocking), **_quick_retry())
+
+
+def _quick_retry() -> dict[str, Any]:
+    # redis-py's default is 3 retries with backoff in seconds: a dead server would hold every
+    # caller (and the return path's notice of the loss) for several seconds.
+    # Only connection errors: after a timeout the command may have run. (Retry's own default
+    # would retry timeouts as well.)
+    return {
+        "retry": Retry(
+            ExponentialBackoff(cap=0.2, base=0.02), 1, supported_errors=(RedisConnectionError,)
+        )
+    }
 
 
 def parse_cluster_url(url: str) -> dict[str, Any]:
@@ -106,6 +126,21 @@ def parse_cluster_url(url: str) -> dict[str, Any]:
         "username": username,
         "password": password,
     }
+
+
+def connect_node(url: str, host: str, port: int, *, blocking: bool = False) -> aioredis.Redis:
+    """A plain client to one node of the cluster at `url`, with the URL's credentials and TLS
+    (for connections that must stay on one node: voxline's sharded subscriber)."""
+    options = parse_cluster_url(url)
+    return aioredis.Redis(
+        host=host,
+        port=port,
+        username=options["username"],
+        password=options["password"],
+        ssl=options["ssl"],
+        **_timeouts(blocking),
+        **_quick_retry(),
+    )
 
 
 def _cluster_client(url: str, blocking: bool) -> RedisCluster:

@@ -1,15 +1,54 @@
 """Every Redis key, stream and channel name voxline uses, in one place.
 
 Per-session names carry the session id in a `{...}` hash tag so that all of one session's
-keys land on the same slot of a Redis Cluster; the global names (jobs stream, cancel
-channel, worker registry) are single keys.
+keys land on the same slot of a Redis Cluster. The jobs queue is split into shards, each two
+streams sharing a hash tag of their own, so that a cluster spreads the queue over its masters;
+the other global names (cancel channel, worker registry, dead letters) are single keys.
 """
 
 from __future__ import annotations
 
+import functools
+import zlib
 from dataclasses import dataclass
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 JOBS_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class JobShard:
+    """One shard of the jobs queue: its two streams share a hash tag (one cluster slot), so a
+    worker reads both in one XREADGROUP and can move a job between them in one transaction."""
+
+    index: int
+    first: str  # first sentences of utterances, served before `rest`
+    rest: str
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        """Both streams, in the order workers serve them."""
+        return (self.first, self.rest)
+
+
+@functools.cache
+def shard_tag(index: int) -> str:
+    """The hash tag of shard `index`. Shard k's slot is placed at the k-th point of a van der
+    Corput sequence over the slot space (1/2, 1/4, 3/4, 1/8, ...), so the first N shards are
+    spread over a cluster's masters for any N, and a shard's name does not depend on N (workers
+    reading more shards than the front ends write still serve everything)."""
+    point, denominator, k = 0.0, 1.0, index + 1
+    while k:
+        denominator *= 2
+        k, bit = divmod(k, 2)
+        point += bit / denominator
+    target = int(point * REDIS_CLUSTER_HASH_SLOTS)
+    for attempt in range(1_000_000):
+        tag = f"jobs-{index}" if attempt == 0 else f"jobs-{index}.{attempt}"
+        if 0 <= key_slot(tag.encode()) - target < 64:
+            return tag
+    raise AssertionError("unreachable: some tag hashes near every slot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,22 +56,33 @@ class Keys:
     """Key names under one prefix (tests use their own prefix to stay isolated)."""
 
     prefix: str = "voxline"
+    shards: int = 1  # jobs-queue shards (`job_shards`); every process must agree
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("job_shards must be at least 1")
+
+    def job_shard(self, index: int) -> JobShard:
+        """Shard `index` of the jobs queue. `first` holds the first sentence of each utterance:
+        workers read it before `rest`, so a caller starting to speak never waits behind other
+        sessions' later sentences."""
+        rest = f"{self.prefix}:{{{shard_tag(index)}}}"
+        return JobShard(index, f"{rest}:first", rest)
 
     @property
-    def jobs(self) -> str:
-        """Stream of sentence jobs, read by the worker consumer group."""
-        return f"{self.prefix}:jobs"
+    def job_shards(self) -> tuple[JobShard, ...]:
+        return tuple(self.job_shard(k) for k in range(self.shards))
+
+    def shard_of(self, session_id: str) -> JobShard:
+        """The shard of a session's jobs: one shard per session keeps its sentences in order."""
+        return self.job_shard(zlib.crc32(session_id.encode()) % self.shards)
 
     @property
-    def jobs_first(self) -> str:
-        """Stream of the first sentence of each utterance: workers read it before `jobs`, so a
-        caller starting to speak never waits behind other sessions' later sentences."""
-        return f"{self.prefix}:jobs:first"
-
-    @property
-    def job_streams(self) -> tuple[str, str]:
-        """Every jobs stream, in the order workers serve them."""
-        return (self.jobs_first, self.jobs)
+    def job_streams(self) -> tuple[str, ...]:
+        """Every jobs stream, in the order workers serve them: every shard's `first` stream,
+        then every shard's `rest`."""
+        shards = self.job_shards
+        return tuple(s.first for s in shards) + tuple(s.rest for s in shards)
 
     @property
     def dead_letters(self) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from shared.connections import Client
 from shared.keys import JOBS_GROUP, Keys
 
 
-async def ensure_jobs_group(redis: aioredis.Redis, keys: Keys) -> None:
+async def ensure_jobs_group(redis: Client, keys: Keys) -> None:
     """Create the workers' consumer group (and the streams) if missing.
 
     Both sides call this at start-up, and workers again when Redis lost the group (a restart
@@ -22,3 +23,28 @@ async def ensure_jobs_group(redis: aioredis.Redis, keys: Keys) -> None:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+
+async def read_group(
+    redis: Client,
+    consumer: str,
+    streams: dict[str, str],
+    *,
+    count: int,
+    block: int | None = None,
+) -> list:
+    """XREADGROUP for the workers' group over streams of one slot (one shard).
+
+    On a Cluster the node is named from the first stream's slot: redis-py would otherwise ask
+    a node of its choosing (COMMAND GETKEYS) where XREADGROUP's keys are, on every call — one
+    round trip more per read, and no read at all while that node is down.
+    """
+    if not isinstance(redis, RedisCluster):
+        return await redis.xreadgroup(JOBS_GROUP, consumer, streams, count=count, block=block)
+    args: list[object] = ["XREADGROUP", "GROUP", JOBS_GROUP, consumer, "COUNT", count]
+    if block is not None:
+        args += ["BLOCK", block]
+    args += ["STREAMS", *streams, *streams.values()]
+    await redis.initialize()  # a no-op once the slot map is loaded (and not known stale)
+    node = redis.get_node_from_key(next(iter(streams)))
+    return await redis.execute_command(*args, target_nodes=node)

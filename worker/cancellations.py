@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio.cluster import RedisCluster
 
-from shared.connections import connect
+from shared.connections import Client, connect
 from shared.keys import Keys, cancel_tokens
 from shared.wire import Cancel, Job
 from worker.engines.base import Cancellation
@@ -48,7 +47,7 @@ class InFlight:
         return list(self._jobs.values())
 
 
-async def is_cancelled(redis: aioredis.Redis, keys: Keys, job: Job) -> bool:
+async def is_cancelled(redis: Client, keys: Keys, job: Job) -> bool:
     flags = await redis.smismember(
         keys.cancelled(job.session_id), cancel_tokens(job.utterance, job.sentence)
     )
@@ -62,7 +61,8 @@ class CancelListener:
         self._client = connect(redis_url, blocking=True)
         self._keys = keys
         self._in_flight = in_flight
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub: Any = None
+        self._subscribed_once = False
         self._task: asyncio.Task[None] | None = None
 
     async def _recheck(self) -> None:
@@ -71,8 +71,26 @@ class CancelListener:
                 token.set()
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(self._keys.cancel_channel)
+        await self._subscribe()
         self._task = asyncio.create_task(self._loop(), name="voxline-cancel-listener")
+
+    async def _subscribe(self) -> None:
+        """A fresh subscription. On a Cluster the pub/sub connection is pinned to the node
+        owning the channel's slot, so after a failure the slot map is reloaded first and the
+        subscription made anew (on a single Redis that costs nothing more than a reconnect)."""
+        if isinstance(self._client, RedisCluster):
+            await self._client.initialize()  # the first time: pubsub() needs the slot map
+            if self._subscribed_once:
+                await self._client.nodes_manager.initialize()  # reload it
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._keys.cancel_channel)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+        self._subscribed_once = True
 
     async def close(self) -> None:
         if self._task is not None:
@@ -80,26 +98,39 @@ class CancelListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await self._pubsub.aclose()
+            if self._pubsub is not None:
+                await self._pubsub.aclose()
             await self._client.aclose()
 
     async def _loop(self) -> None:
+        delay = _FIRST_RETRY
         while True:
             try:
+                if self._pubsub is None:
+                    await self._subscribe()
+                    # Notices published while unsubscribed are gone: ask the cancel sets.
+                    await self._recheck()
+                    delay = _FIRST_RETRY
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=5.0
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("cancel channel lost (%s); reconnecting", exc)
-                await asyncio.sleep(0.5)
-                # Notices published meanwhile are gone: ask the cancel sets instead.
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                    await self._recheck()
+                log.warning("cancel channel lost (%s); resubscribing in %.2fs", exc, delay)
+                with contextlib.suppress(Exception):
+                    await self._pubsub.aclose()
+                self._pubsub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LAST_RETRY)
                 continue
             if message is not None and message["type"] == "message":
                 try:
                     self._in_flight.apply(Cancel.unpack(message["data"]))
                 except Exception:
                     log.exception("bad cancel notice")
+
+
+# Resubscribe delays after a failure: quick after a blip, gentle during an outage.
+_FIRST_RETRY = 0.05
+_LAST_RETRY = 2.0

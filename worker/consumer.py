@@ -12,16 +12,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.audio.formats import SentenceEncoder
 from shared.config import Settings
-from shared.connections import connect
-from shared.keys import JOBS_GROUP, Keys, cancel_tokens
-from shared.streams import ensure_jobs_group
+from shared.connections import TRANSIENT_ERRORS, Client, connect
+from shared.keys import JOBS_GROUP, JobShard, Keys, cancel_tokens
+from shared.streams import ensure_jobs_group, read_group
 from shared.wire import Cancel, EventKind, Job
 from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
@@ -34,6 +31,22 @@ log = logging.getLogger("voxline.worker")
 # Upper bound of one blocking read; a job wakes the read at once, this only bounds how long
 # a stop request waits.
 _BLOCK_MS = 5000
+
+
+class _Backoff:
+    """Exponential reconnect delays: quick after a blip, gentle on an outage."""
+
+    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
+        self._first, self._cap = first, cap
+        self._delay = first
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(delay * 2, self._cap)
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self._first
 
 
 def new_worker_id() -> str:
@@ -66,14 +79,16 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.concurrency = concurrency
         self.heartbeat_file = heartbeat_file
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.job_shards)
         self.in_flight = InFlight()
         self.ready = asyncio.Event()
-        self._redis: aioredis.Redis | None = None
+        self._redis: Client | None = None
         self._registration: Registration | None = None
         self._recovery: Recovery | None = None
         self._running: dict[tuple[str, bytes], _Running] = {}  # by (stream, entry id)
         self._slot_freed = asyncio.Event()
+        self._claiming = 0  # slots held for a claim of abandoned jobs under way
+        self._next_claim = 0.0  # monotonic time of the next look for abandoned jobs
         self.claimed_max = 0  # the most jobs held at once (tests check it never beats slots)
 
     @property
@@ -136,37 +151,59 @@ class Worker:
             return self.concurrency or 1
         return min(capacity, self.concurrency) if self.concurrency else capacity
 
+    def _room(self) -> int:
+        """Slots neither running a job nor promised to a claim under way."""
+        return self.slots() - len(self._running) - self._claiming
+
     async def _free_slots(self) -> int:
         while True:
-            free = self.slots() - len(self._running)
+            free = self._room()
             if free > 0:
                 return free
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
-    async def _consume(self, reader: aioredis.Redis) -> None:
-        assert self._recovery is not None and self._registration is not None
-        # Abandoned jobs are looked for this often; a blocking read is cut short to keep it.
+    async def _consume(self, reader: Client) -> None:
+        """One blocking reader per jobs shard (a cluster runs no XREADGROUP across slots)."""
+        tasks = [
+            asyncio.create_task(self._read_shard(reader, shard), name=f"voxline-read-{shard.index}")
+            for shard in self.keys.job_shards
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_shard(self, reader: Client, shard: JobShard) -> None:
+        backoff = _Backoff()
         claim_every = max(self.settings.claim_idle / 2, 0.05)
-        next_claim = 0.0
         while True:
             free = await self._free_slots()
-            now = time.monotonic()
-            if now >= next_claim:
-                next_claim = now + claim_every
+            # Abandoned jobs are looked for every claim_every, by whichever reader comes first,
+            # before fresh ones: a freed slot goes to the job that has waited longest.
+            if time.monotonic() >= self._next_claim:
+                self._next_claim = time.monotonic() + claim_every
                 if await self._claim_abandoned(free):
                     continue
-            block_ms = int(min(_BLOCK_MS, max((next_claim - time.monotonic()) * 1000, 1)))
+            # A blocking read is cut short to keep the claim schedule.
+            block_ms = int(min(_BLOCK_MS, max((self._next_claim - time.monotonic()) * 1000, 1)))
             try:
-                deliveries = await self._read(reader, free, block_ms)
+                deliveries = await self._read(reader, shard, self._share(free), block_ms)
+                backoff.reset()
+            except TRANSIENT_ERRORS as exc:  # before ResponseError: CLUSTERDOWN is one
+                delay = backoff.next()
+                log.warning(
+                    "jobs shard %d unreachable (%s); retry in %.2fs", shard.index, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                await ensure_jobs_group(self._redis, self.keys)  # the stream was deleted
-                continue
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("jobs stream unreachable (%s); retrying", exc)
-                await asyncio.sleep(0.5)
+                with contextlib.suppress(*TRANSIENT_ERRORS):  # the stream was deleted
+                    await ensure_jobs_group(self._redis, self.keys)
                 continue
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -174,48 +211,73 @@ class Worker:
                 # with redis-py on fakeredis): honour it rather than read on. What the read
                 # returned stays pending and is claimed by another worker.
                 raise asyncio.CancelledError
+            # Readers of other shards may have filled the slots meanwhile (they wait at the
+            # same time): the surplus goes back to this shard, ahead of its queue.
+            room = max(self._room(), 0)
+            if len(deliveries) > room:
+                try:
+                    await self._requeue(shard, deliveries[room:])
+                    await self._registration.bump(handed_back=len(deliveries) - room)
+                except TRANSIENT_ERRORS as exc:
+                    # Still pending here: they look abandoned after claim_idle and are claimed.
+                    log.warning("could not hand back %d jobs (%s)", len(deliveries) - room, exc)
+                deliveries = deliveries[:room]
             self._start(deliveries)
 
-    async def _read(self, reader: aioredis.Redis, free: int, block_ms: int) -> list[Delivery]:
-        """Up to `free` jobs, first sentences first. Only as many as there are free slots: the
-        rest stay in the streams for other workers instead of queueing here (a session's
-        sentences spread over the pool)."""
-        first, rest = self.keys.job_streams
-        got = _deliveries(await reader.xreadgroup(JOBS_GROUP, self.id, {first: ">"}, count=free))
+    def _share(self, free: int) -> int:
+        """What one shard's reader asks for: its share of the free slots (at least one). The
+        readers wait at the same time, and all that they bring beyond the free slots has to be
+        handed back; a shard with a burst is served in a few quick reads instead."""
+        return max(1, -(-free // self.keys.shards))
+
+    async def _read(
+        self, reader: Client, shard: JobShard, free: int, block_ms: int
+    ) -> list[Delivery]:
+        """Up to `free` jobs of one shard, first sentences first. Only as many as there are free
+        slots: the rest stay in the streams for other workers instead of queueing here (a
+        session's sentences spread over the pool)."""
+        first, rest = shard.streams
+        got = _deliveries(await read_group(reader, self.id, {first: ">"}, count=free))
         if len(got) < free:
-            # Nothing urgent: wait on both streams (a first sentence arriving still wins).
+            # Nothing urgent: wait on both streams (a first sentence arriving still wins). The
+            # two share a hash tag, so this is one command on a cluster too.
             streams = {rest: ">"} if got else {first: ">", rest: ">"}
-            reply = await reader.xreadgroup(
-                JOBS_GROUP, self.id, streams, count=free - len(got), block=None if got else block_ms
-            )
+            block = None if got else block_ms
+            reply = await read_group(reader, self.id, streams, count=free - len(got), block=block)
             got += sorted(_deliveries(reply), key=lambda d: d.stream != first)
-        if len(got) > free:
-            # COUNT is per stream, so a wait on two can bring one too many: hand the surplus to
-            # the next free worker, ahead of the queue (it has waited its turn already).
-            await self._requeue(got[free:])
-            got = got[:free]
+        # COUNT is per stream, so a wait on two can bring one too many; the caller hands the
+        # surplus back.
         return got
 
-    async def _requeue(self, surplus: list[Delivery]) -> None:
+    async def _requeue(self, shard: JobShard, surplus: list[Delivery]) -> None:
+        """Hand jobs to the next free worker, ahead of the queue (they have waited their turn
+        already): one transaction on the shard's slot."""
         assert self._redis is not None
         async with self._redis.pipeline(transaction=True) as pipe:
             for delivery in surplus:
-                pipe.xadd(self.keys.jobs_first, delivery.fields)
+                pipe.xadd(shard.first, delivery.fields)
                 pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
                 pipe.xdel(delivery.stream, delivery.entry_id)
             await pipe.execute()
 
     async def _claim_abandoned(self, free: int) -> bool:
         assert self._recovery is not None and self._registration is not None
+        # Claimed jobs are started whatever the count (handing one back would cost it a
+        # delivery), so their slots are held while the claim runs; readers returning meanwhile
+        # hand their surplus back instead.
+        self._claiming = free
         try:
             result = await self._recovery.claim(free)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not look for abandoned jobs (%s)", exc)
+            return False
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            return False  # the read that follows recreates the group
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.warning("could not look for abandoned jobs (%s)", exc)
-            return False
+            return False  # the readers recreate the group
+        finally:
+            self._claiming = 0
+            self._slot_freed.set()
         self._start(result.deliveries)
         counts = {
             "claimed": len(result.deliveries),
@@ -223,7 +285,7 @@ class Worker:
             "vanished": result.vanished,
         }
         if any(counts.values()):
-            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._registration.bump(**counts)
         return bool(result.deliveries)
 
@@ -250,7 +312,7 @@ class Worker:
             try:
                 lost = await self._recovery.refresh(set(self._running))
                 unleased = await self._drop_orphans(unleased)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("could not refresh in-flight jobs (%s)", exc)
                 continue
             for key in lost:
@@ -313,7 +375,7 @@ class Worker:
             await self._settle(redis, delivery, running, counts)
 
     async def _settle(
-        self, redis: aioredis.Redis, delivery: Delivery, running: _Running, counts: dict[str, int]
+        self, redis: Client, delivery: Delivery, running: _Running, counts: dict[str, int]
     ) -> None:
         """Acknowledge a finished job, or leave it to another worker (lost, or released)."""
         assert self._registration is not None and self._recovery is not None
@@ -333,7 +395,7 @@ class Worker:
 
     async def _run_job(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         job: Job,
         attempt: int,
         running: _Running,
@@ -361,7 +423,7 @@ class Worker:
                 # Redis restarted and the front end has not renewed the lease yet: STARTED is
                 # out, and silence would hold a listening caller until stall_timeout. Say why.
                 counts["orphaned"] = 1
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                with contextlib.suppress(*TRANSIENT_ERRORS):
                     await publisher.send(EventKind.ERROR, "the session's lease is missing")
             elif not running.lost:
                 await self._synthesize(job, token, publisher, counts)
@@ -421,6 +483,17 @@ class Worker:
             else:
                 counts["released"] = 1
             raise
+        except TRANSIENT_ERRORS as exc:
+            # Redis went away under the sentence: an error event could not reach the front end
+            # either, which fails the sentence itself (it notices the loss, or its deadline).
+            counts["failed"] = 1
+            log.warning(
+                "sentence %s/%d/%d cut off: Redis unreachable (%s)",
+                job.session_id,
+                job.utterance,
+                job.sentence,
+                exc,
+            )
         except Exception as exc:
             log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
             counts["failed"] = 1

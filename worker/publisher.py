@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from shared.channels import publish_event
+from shared.connections import Client
 from shared.wire import Event, EventKind, Job
 
 
 class SentencePublisher:
-    def __init__(self, redis: aioredis.Redis, channel: str, job: Job, attempt: int = 1) -> None:
+    def __init__(self, redis: Client, channel: str, job: Job, attempt: int = 1) -> None:
         self._redis = redis
         self._channel = channel
         self._job = job
@@ -20,11 +20,11 @@ class SentencePublisher:
         self.spoke = False  # audio or words went out: a retry elsewhere would repeat them
 
     async def send(self, kind: EventKind, data: Any = None) -> None:
-        await self._redis.publish(self._channel, self._next(kind, data))
+        await publish_event(self._redis, self._channel, self._next(kind, data))
 
-    def send_in(self, pipe: aioredis.client.Pipeline, kind: EventKind, data: Any = None) -> None:
+    def send_in(self, pipe: Any, kind: EventKind, data: Any = None) -> None:
         """Queue the next event on a pipeline (sent with the pipeline's other commands)."""
-        pipe.publish(self._channel, self._next(kind, data))
+        publish_event(pipe, self._channel, self._next(kind, data))
 
     def _next(self, kind: EventKind, data: Any) -> bytes:
         event = Event(kind, self._job.utterance, self._job.sentence, self._seq, data, self._attempt)

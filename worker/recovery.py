@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
-
+from shared.channels import publish_event
+from shared.connections import Client
 from shared.keys import JOBS_GROUP, Keys
 from shared.wire import Event, EventKind, Job
 
@@ -40,7 +41,7 @@ class ClaimResult:
 class Recovery:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         keys: Keys,
         worker_id: str,
         *,
@@ -76,7 +77,7 @@ class Recovery:
             lost |= {(stream, entry_id) for entry_id in ids - owned}
         return lost
 
-    def release_in(self, pipe: aioredis.client.Pipeline, delivery: Delivery) -> None:
+    def release_in(self, pipe: Any, delivery: Delivery) -> None:
         """Hand a job back unfinished (shutting down): it looks abandoned at once, so another
         worker's next claim takes it. JUSTID: a hand-back is not a failed delivery."""
         pipe.xclaim(
@@ -91,7 +92,8 @@ class Recovery:
 
     async def claim(self, count: int) -> ClaimResult:
         """Take up to `count` jobs abandoned for `claim_idle` by other consumers, first
-        sentences first."""
+        sentences first (every shard's), one XAUTOCLAIM per stream: a cluster runs no command
+        across slots."""
         result = ClaimResult([])
         for stream in self._keys.job_streams:
             room = count - len(result.deliveries)
@@ -169,5 +171,5 @@ class Recovery:
                 # As a new attempt, so the front end takes it even after another worker's
                 # STARTED; seq 0 since nothing else of this attempt exists.
                 event = Event(EventKind.ERROR, job.utterance, job.sentence, 0, reason, attempt)
-                pipe.publish(self._keys.audio_channel(job.session_id), event.pack())
+                publish_event(pipe, self._keys.audio_channel(job.session_id), event.pack())
             await pipe.execute()

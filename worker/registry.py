@@ -11,10 +11,10 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import Any
 
 from shared.capabilities import EngineInfo
+from shared.connections import Client
 from shared.keys import Keys
 
 log = logging.getLogger("voxline.worker.registry")
@@ -32,6 +32,7 @@ COUNTERS = (
     "dead_lettered",  # jobs given up on after max_deliveries
     "vanished",  # abandoned jobs trimmed from the stream before they could be claimed
     "released",  # unstarted jobs handed back at shutdown, for another worker to take
+    "handed_back",  # jobs read beyond the free slots (several shards at once), put back first
     "lost",  # jobs another worker claimed while this one was cut off
     "orphaned",  # jobs skipped because their session's front end was gone (lease lapsed)
 )
@@ -40,7 +41,7 @@ COUNTERS = (
 class Registration:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         keys: Keys,
         worker_id: str,
         info: EngineInfo,
@@ -87,7 +88,7 @@ class Registration:
                 pipe.delete(self._keys.worker(self._id))
                 await pipe.execute()
 
-    def count(self, pipe: aioredis.client.Pipeline, **deltas: int) -> None:
+    def count(self, pipe: Any, **deltas: int) -> None:
         """Add counter deltas locally and to `pipe` (sent with the job's acknowledgement)."""
         key = self._keys.worker(self._id)
         for name, delta in deltas.items():
@@ -108,7 +109,11 @@ class Registration:
             # missed past the TTL), and without it the front end cannot use this worker.
             pipe.hset(
                 self._keys.worker(self._id),
-                mapping={"info": self._info.pack(), "slots": self._slots()},
+                mapping={
+                    "info": self._info.pack(),
+                    "slots": self._slots(),
+                    "shards": self._keys.shards,
+                },
             )
             pipe.expire(self._keys.worker(self._id), int(self._ttl) + 1)
             pipe.zadd(self._keys.workers, {self._id: now})

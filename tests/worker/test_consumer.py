@@ -21,15 +21,22 @@ from worker.engines.tone import ToneEngine
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    redis_url: str, prefix: str, *, concurrency: int = 1, **options: str
+    redis_url: str,
+    prefix: str,
+    *,
+    concurrency: int = 1,
+    shards: int = 1,
+    sessions: tuple[str, ...] = ("sess",),
+    **options: str,
 ) -> AsyncIterator[Worker]:
-    settings = Settings(redis_url=redis_url, key_prefix=prefix)
+    settings = Settings(redis_url=redis_url, key_prefix=prefix, job_shards=shards)
     worker = Worker(settings, load_engine("tone", options), concurrency=concurrency)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.ready.wait(), 10)
-    # The session of these tests' jobs has a live front end (which would renew this lease).
+    # The sessions of these tests' jobs have a live front end (which would renew the lease).
     lease = connect(redis_url)
-    await lease.set(Keys(prefix).lease("sess"), b"1")
+    for session_id in sessions:
+        await lease.set(Keys(prefix).lease(session_id), b"1")
     await lease.aclose()
     try:
         yield worker
@@ -63,9 +70,11 @@ async def listen(redis_url: str, channel: str) -> AsyncIterator[asyncio.Queue[Ev
         await client.aclose()
 
 
-def _job(sentence: int, text: str = "Hello there.", **fields: object) -> Job:
+def _job(
+    sentence: int, text: str = "Hello there.", session_id: str = "sess", **fields: object
+) -> Job:
     return Job(
-        session_id="sess",
+        session_id=session_id,
         utterance=0,
         sentence=sentence,
         text=text,
@@ -134,7 +143,7 @@ async def test_malformed_entries_are_dropped_not_retried(redis_url: str, key_pre
     keys = Keys(key_prefix)
     redis = connect(redis_url)
     async with running_worker(redis_url, key_prefix) as worker:
-        await redis.xadd(keys.jobs, {"j": b"\xc1 not msgpack"})
+        await redis.xadd(keys.job_shard(0).rest, {"j": b"\xc1 not msgpack"})
         for _ in range(200):
             if worker.stats["taken"]:
                 break
@@ -156,6 +165,34 @@ async def test_a_worker_takes_no_more_jobs_than_it_has_slots(
         await asyncio.sleep(0.3)
         assert len(worker.in_flight) == 2
         assert await pending_jobs(redis, keys) == 2, "the other three wait for any worker"
+    await redis.aclose()
+
+
+async def test_readers_of_several_shards_never_overfill_the_slots(
+    redis_url: str, key_prefix: str
+) -> None:
+    """One reader per shard, all waiting at once: jobs landing on every shard together wake
+    them all, and what does not fit goes back to its shard, to be served next."""
+    keys = Keys(key_prefix, 3)
+    sessions = {keys.shard_of(f"s{i}").index: f"s{i}" for i in range(50)}
+    assert len(sessions) == 3
+    redis = connect(redis_url)
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    async with running_worker(
+        redis_url, key_prefix, shards=3, sessions=tuple(sessions.values()), rtf="0.2"
+    ) as worker:
+        async with contextlib.AsyncExitStack() as stack:
+            streams = [
+                await stack.enter_async_context(listen(redis_url, keys.audio_channel(sid)))
+                for sid in sessions.values()
+            ]
+            for _ in range(3):  # several rounds: the readers must be waiting each time
+                await queue.enqueue(*(_job(1, session_id=sid) for sid in sessions.values()))
+                for events in streams:
+                    assert (await _until_done(events))[-1].kind is EventKind.DONE
+        assert worker.claimed_max == 1
+        assert worker.stats["completed"] == 9 and worker.stats["handed_back"] >= 2
+        assert await pending_jobs(redis, keys) == 0 and await queued_jobs(redis, keys) == 0
     await redis.aclose()
 
 

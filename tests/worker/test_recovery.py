@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from shared.channels import publish_event
 from shared.config import Settings
 from shared.connections import connect
 from shared.keys import JOBS_GROUP, Keys
@@ -43,7 +44,7 @@ class Ghost:
 
     def __init__(self, pipeline: Pipeline, name: str = "ghost") -> None:
         self.redis = connect(pipeline.settings.redis_url)
-        self.keys = Keys(pipeline.settings.key_prefix)
+        self.keys = Keys(pipeline.settings.key_prefix, pipeline.settings.job_shards)
         self.name = name
         self.streams: dict[bytes, str] = {}  # entry id -> its stream
 
@@ -54,7 +55,10 @@ class Ghost:
         streams = self.keys.job_streams
         async with asyncio.timeout(timeout):
             while True:
-                await self.redis.xreadgroup(JOBS_GROUP, self.name, dict.fromkeys(streams, ">"))
+                for shard in self.keys.job_shards:  # one slot per read on a cluster
+                    await self.redis.xreadgroup(
+                        JOBS_GROUP, self.name, dict.fromkeys(shard.streams, ">")
+                    )
                 pending = [
                     (stream, p["message_id"])
                     for stream in streams
@@ -76,7 +80,7 @@ class Ghost:
 
     async def publish(self, job: Job, kind: EventKind, seq: int, data: object = None) -> None:
         event = Event(kind, job.utterance, job.sentence, seq, data, attempt=1)
-        await self.redis.publish(self.keys.audio_channel(job.session_id), event.pack())
+        await publish_event(self.redis, self.keys.audio_channel(job.session_id), event.pack())
 
     async def pending(self) -> int:
         return await pending_jobs(self.redis, self.keys)
@@ -237,9 +241,9 @@ async def test_refresh_reports_jobs_claimed_away(redis_url: str, key_prefix: str
     redis = connect(redis_url)
     try:
         await ensure_jobs_group(redis, keys)
-        ids = [await redis.xadd(keys.jobs, {"j": b"x"}) for _ in range(2)]
-        held = {(keys.jobs, i) for i in ids}
-        await redis.xreadgroup(JOBS_GROUP, "a", {keys.jobs: ">"}, count=2)
+        ids = [await redis.xadd(keys.job_shard(0).rest, {"j": b"x"}) for _ in range(2)]
+        held = {(keys.job_shard(0).rest, i) for i in ids}
+        await redis.xreadgroup(JOBS_GROUP, "a", {keys.job_shard(0).rest: ">"}, count=2)
         a = Recovery(redis, keys, "a", claim_idle=0.05, max_deliveries=3)
         b = Recovery(redis, keys, "b", claim_idle=0.05, max_deliveries=3)
         assert await a.refresh(held) == set()
@@ -248,9 +252,9 @@ async def test_refresh_reports_jobs_claimed_away(redis_url: str, key_prefix: str
         claimed = await b.claim(1)
         assert [d.entry_id for d in claimed.deliveries] == [ids[0]]
         assert claimed.deliveries[0].attempt == 2
-        assert await a.refresh(held) == {(keys.jobs, ids[0])}
+        assert await a.refresh(held) == {(keys.job_shard(0).rest, ids[0])}
         # Refreshing never steals back, and keeps the delivery count.
-        pending = await redis.xpending_range(keys.jobs, JOBS_GROUP, "-", "+", 10)
+        pending = await redis.xpending_range(keys.job_shard(0).rest, JOBS_GROUP, "-", "+", 10)
         assert {(p["consumer"], p["times_delivered"]) for p in pending} == {(b"b", 2), (b"a", 1)}
     finally:
         await redis.delete(*keys.job_streams)

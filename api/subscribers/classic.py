@@ -1,0 +1,113 @@
+"""Classic pub/sub on one connection per front-end process (a Redis server, or in memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from api.subscribers.base import Deliver, Lost
+from shared.connections import TRANSIENT_ERRORS, connect
+from shared.keys import Keys
+
+log = logging.getLogger("voxline.api.subscribers")
+
+# How long one pub/sub read waits before looping (to run health checks); not a poll interval:
+# a message wakes the read at once.
+READ_WAIT = 5.0
+
+
+class ClassicSubscriber:
+    """SUBSCRIBE on a shared connection. A control channel nobody publishes on makes the
+    connection readable before any session exists, and its confirmation after a reconnect
+    says that redis-py has subscribed every channel again."""
+
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self._client = connect(redis_url, blocking=True)
+        self._pubsub = self._client.pubsub()
+        self._control = f"{keys.prefix}:api:control".encode()
+        self._wanted: set[bytes] = set()
+        self._pending: dict[bytes, asyncio.Future[None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._stale: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+
+    async def start(self, deliver: Deliver, lost: Lost) -> None:
+        await self._pubsub.subscribe(self._control)
+        self._reader = asyncio.create_task(self._read_loop(deliver, lost), name="voxline-return")
+        await asyncio.wait_for(self.connected.wait(), timeout=10)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    async def subscribe(self, channel: bytes, timeout: float) -> None:
+        self._wanted.add(channel)
+        confirmed = asyncio.get_running_loop().create_future()
+        self._pending[channel] = confirmed
+        try:
+            await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(confirmed, timeout)
+        except BaseException:
+            self._wanted.discard(channel)
+            with contextlib.suppress(Exception):
+                await self._pubsub.unsubscribe(channel)  # it may still have gone through
+            raise
+        finally:
+            self._pending.pop(channel, None)
+
+    async def unsubscribe(self, channel: bytes) -> None:
+        if channel in self._wanted:
+            self._wanted.discard(channel)
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self._pubsub.unsubscribe(channel)
+
+    async def _read_loop(self, deliver: Deliver, lost: Lost) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=READ_WAIT)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # redis-py reconnects and re-subscribes every channel on the next read. What was
+                # published meanwhile is gone.
+                if self.connected.is_set():
+                    self.connected.clear()
+                    lost(None)
+                log.warning("return path lost (%s); reconnecting in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if message is None:
+                continue
+            kind, channel = message["type"], message["channel"]
+            if kind == "message":
+                deliver(channel, message["data"])
+            elif kind == "subscribe":
+                self._confirmed(channel)
+
+    def _confirmed(self, channel: bytes) -> None:
+        if channel == self._control:
+            self.connected.set()
+            return
+        future = self._pending.get(channel)
+        if future is not None and not future.done():
+            future.set_result(None)
+        elif channel not in self._wanted:
+            # A session released while Redis was unreachable: its unsubscribe never went out
+            # and the reconnect subscribed it again.
+            task = asyncio.create_task(self._drop_stale(channel))
+            self._stale.add(task)
+            task.add_done_callback(self._stale.discard)
+
+    async def _drop_stale(self, channel: bytes) -> None:
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await self._pubsub.unsubscribe(channel)
