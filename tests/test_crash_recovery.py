@@ -57,7 +57,9 @@ async def test_sigkill_of_a_worker_loses_no_sentence(monkeypatch: pytest.MonkeyP
                 await client.until("audio.start")
                 # Kill the worker synthesizing the sentence being heard.
                 # Sentence 0 is the first of its utterance: on the first-sentences stream.
-                pending = client_redis.xpending_range(keys.job_shard(0).first, JOBS_GROUP, "-", "+", 1)[0]
+                pending = client_redis.xpending_range(
+                    keys.job_shard(0).first, JOBS_GROUP, "-", "+", 1
+                )[0]
                 victim = pending["consumer"].decode()
                 pid = int(client_redis.hget(keys.worker(victim), "pid"))
                 os.kill(pid, signal.SIGKILL)
@@ -109,7 +111,9 @@ async def test_sigterm_drains_a_worker_and_the_api(monkeypatch: pytest.MonkeyPat
                 await client.send("input.text", text=" ".join(SENTENCES[:2]))
                 await client.send("input.done")
                 await client.until("audio.start")
-                owner = client_redis.xpending_range(keys.job_shard(0).first, JOBS_GROUP, "-", "+", 1)[0]
+                owner = client_redis.xpending_range(
+                    keys.job_shard(0).first, JOBS_GROUP, "-", "+", 1
+                )[0]
                 victim = int(owner["consumer"].decode()[1])
                 worker_procs[victim].send_signal(signal.SIGTERM)
                 await client.until("session.done", timeout=20)
