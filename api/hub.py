@@ -16,7 +16,7 @@ from api.returns import ReturnPath
 from shared.config import Settings
 from shared.connections import Client, connect
 from shared.keys import Keys
-from shared.streams import ensure_jobs_group
+from shared.streams import ensure_jobs_group, shard_advice
 
 if TYPE_CHECKING:
     from api.session import Session
@@ -43,6 +43,8 @@ class Hub:
         keys = Keys(settings.key_prefix, settings.job_shards)
         redis = connect(settings.redis_url)
         await ensure_jobs_group(redis, keys)
+        if advice := shard_advice(redis, keys):
+            log.warning("%s", advice)
         returns = ReturnPath(settings.redis_url, keys)
         await returns.start()
         leases = Leases(redis, keys, lease_ttl=settings.lease_ttl, session_ttl=settings.session_ttl)

@@ -93,6 +93,15 @@ def _quick_retry() -> dict[str, Any]:
     }
 
 
+def redacted(url: str) -> str:
+    """`url` with its password replaced, for logs and banners."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}"
+
+
 def parse_cluster_url(url: str) -> dict[str, Any]:
     """`startup_nodes`, `ssl`, `username`, `password` of a cluster URL (see the docstring)."""
     scheme = next((s for s in CLUSTER_SCHEMES if url.startswith(s)), None)

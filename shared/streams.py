@@ -48,3 +48,18 @@ async def read_group(
     await redis.initialize()  # a no-op once the slot map is loaded (and not known stale)
     node = redis.get_node_from_key(next(iter(streams)))
     return await redis.execute_command(*args, target_nodes=node)
+
+
+def shard_advice(redis: Client, keys: Keys) -> str | None:
+    """A warning when the jobs shards leave some masters of a Cluster without a shard."""
+    if not isinstance(redis, RedisCluster):
+        return None
+    masters = {node.name for node in redis.get_primaries()}
+    used = {redis.get_node_from_key(shard.rest).name for shard in keys.job_shards}
+    if used >= masters:
+        return None
+    return (
+        f"the jobs queue's {keys.shards} shards live on {len(used)} of the cluster's "
+        f"{len(masters)} masters; set VOXLINE_JOB_SHARDS={2 * len(masters)} on every process "
+        "to spread it"
+    )

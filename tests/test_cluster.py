@@ -17,6 +17,7 @@ from redis.cluster import RedisCluster as SyncCluster
 
 from shared.connections import connect
 from shared.keys import JOBS_GROUP, Keys
+from shared.streams import shard_advice
 from tests.conftest import CI
 from tests.harness import Client, Pipeline, pending_jobs, queued_jobs, start_pipeline
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes
@@ -307,3 +308,15 @@ async def test_a_master_killed_mid_sentence(cluster_with_replicas: RedisClusterN
                     break
             assert time.monotonic() < deadline
         assert len(sentences) == 1 and sentences[0].audio and not sentences[0].errors
+
+
+async def test_too_few_shards_for_the_masters_are_reported(redis_cluster_url: str) -> None:
+    client = connect(redis_cluster_url)
+    try:
+        await client.initialize()
+        advice = shard_advice(client, Keys("vx", 1))
+        assert advice is not None and "1 of the cluster's 3 masters" in advice
+        assert "VOXLINE_JOB_SHARDS=6" in advice
+        assert shard_advice(client, Keys("vx", SHARDS)) is None
+    finally:
+        await client.aclose()

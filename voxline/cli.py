@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 
 from shared.config import DEFAULT_REDIS_URL, Settings
+from shared.connections import redacted
 
 DEFAULT_PORT = 8000
 
@@ -230,7 +231,7 @@ def _run_http(args: argparse.Namespace) -> int:
 
     app = create_app(settings, sidecar=sidecar)
     where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"
-    print(f"voxline {args.command}: {where}  (redis: {settings.redis_url})", flush=True)
+    print(f"voxline {args.command}: {where}  (redis: {redacted(settings.redis_url)})", flush=True)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets-sansio"
     )

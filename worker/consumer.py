@@ -18,7 +18,7 @@ from shared.audio.formats import SentenceEncoder
 from shared.config import Settings
 from shared.connections import TRANSIENT_ERRORS, Client, connect
 from shared.keys import JOBS_GROUP, JobShard, Keys, cancel_tokens
-from shared.streams import ensure_jobs_group, read_group
+from shared.streams import ensure_jobs_group, read_group, shard_advice
 from shared.wire import Cancel, EventKind, Job
 from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
@@ -123,6 +123,8 @@ class Worker:
         refresher: asyncio.Task[None] | None = None
         try:
             await ensure_jobs_group(redis, self.keys)
+            if advice := shard_advice(redis, self.keys):
+                log.warning("%s", advice)
             await listener.start()
             await self._registration.start()
             refresher = asyncio.create_task(self._refresh_loop(), name="voxline-refresh")

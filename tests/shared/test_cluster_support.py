@@ -25,7 +25,7 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from shared.connections import connect, is_cluster, parse_cluster_url
+from shared.connections import connect, is_cluster, parse_cluster_url, redacted
 from shared.keys import JOBS_GROUP
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServer
 
@@ -686,3 +686,10 @@ def test_redis_server_restarts_on_the_same_port(redis_server: RedisServer) -> No
         assert client.ping()
     finally:
         client.close()
+
+
+def test_passwords_are_redacted_from_urls_shown_to_people() -> None:
+    assert redacted("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redacted("rediss+cluster://u:p%40ss@a:1,b:2") == "rediss+cluster://u:***@a:1,b:2"
+    assert redacted("redis://user@h:6379") == "redis://user@h:6379"  # no password
+    assert redacted("memory://x") == "memory://x"
