@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,9 @@ from shared.config import Settings
 from shared.protocol import PATH
 
 log = logging.getLogger("voxline.api")
+
+# /readyz answers within this long even when Redis does not.
+READY_PROBE_TIMEOUT = 2.0
 
 # Extra work to run beside the API in the same process (the embedded worker of `serve`).
 Sidecar = Callable[[], contextlib.AbstractAsyncContextManager[None]]
@@ -60,11 +64,13 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
         hub: Hub = app.state.hub
         checks: dict[str, object] = {}
         try:
-            await hub.redis.ping()
-            checks["redis"] = "ok"
-            _, checks["workers"] = await hub.pool.engine(max_age=0)
+            # Bounded: a frozen or partitioned Redis would hold the probe for a socket timeout.
+            async with asyncio.timeout(READY_PROBE_TIMEOUT):
+                await hub.redis.ping()
+                checks["redis"] = "ok"
+                _, checks["workers"] = await hub.pool.engine(max_age=0)
         except Exception as exc:
-            checks["redis"] = f"unreachable: {exc}"
+            checks["redis"] = f"unreachable: {exc or type(exc).__name__}"
             checks["workers"] = 0
         checks["return_path"] = "ok" if hub.returns.connected.is_set() else "reconnecting"
         ready = checks["redis"] == "ok" and checks["workers"] and checks["return_path"] == "ok"

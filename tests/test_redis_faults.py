@@ -5,6 +5,7 @@ work again as soon as Redis is back. Runs on a redis-server of the test's own.""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import httpx
@@ -72,3 +73,45 @@ async def test_redis_restart_mid_utterance(redis_server: RedisServer) -> None:
         assert (await _one_sentence(pipeline))["error"] is False
         assert all(not task.done() for task in pipeline.worker_tasks)
         print(f"ready again {recovery:.2f} s after Redis restarted")
+
+
+async def test_redis_frozen_like_a_network_partition(redis_server: RedisServer) -> None:
+    """SIGSTOP: connections stay open and nothing answers, not even a reset (a partition looks
+    the same). The return path notices by PING within seconds: the sentence being heard fails
+    explicitly, /readyz says not ready (and answers), and all works again after SIGCONT."""
+    assert redis_server.proc is not None
+    async with start_pipeline(
+        redis_server.url, "vxfreeze", engine_options={"rtf": "1.0"}, **FAST
+    ) as pipeline:
+        assert (await _one_sentence(pipeline))["error"] is False
+        config = {"response_format": "pcm", "stream_audio": True}
+        async with Client.connect(pipeline, config) as client:
+            await client.send("input.text", text="A sentence long enough to be cut short.")
+            await client.send("input.done")
+            await client.until("audio.start")
+            redis_server.proc.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                error = await client.until("error", timeout=15)
+                noticed = time.monotonic() - frozen
+                assert error["code"] == "generation_failed"
+                assert (await client.until("audio.done"))["error"] is True
+                probe = time.monotonic()
+                assert await _ready(pipeline) == 503
+                assert time.monotonic() - probe < 4  # the probe itself is bounded
+            finally:
+                redis_server.proc.send_signal(signal.SIGCONT)
+            await client.until("session.done")
+            back = time.monotonic()
+            while await _ready(pipeline) != 200:
+                assert time.monotonic() - back < 20, "not ready again after SIGCONT"
+                await asyncio.sleep(0.1)
+            await client.send("input.text", text="Still here.")
+            await client.send("input.done")
+            sentences, _ = await client.utterance(timeout=10)
+            assert [s.done["error"] for s in sentences] == [False]
+        assert (await _one_sentence(pipeline))["error"] is False
+        assert all(not task.done() for task in pipeline.worker_tasks)
+    # Well before stall_timeout (10 s), which was the only way to notice before.
+    assert noticed < 6, noticed
+    print(f"frozen Redis noticed after {noticed:.2f} s")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Any, Protocol
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Called with (channel, payload) for every message on a subscribed channel.
 Deliver = Callable[[bytes, bytes], None]
@@ -28,3 +30,46 @@ class Subscriber(Protocol):
         dropped when it comes back)."""
 
     async def close(self) -> None: ...
+
+
+# A partitioned or frozen Redis sends nothing, not even a reset: a quiet subscriber connection
+# is asked for a PING after PING_AFTER seconds and declared lost when no reply came within
+# PONG_DEADLINE, so its sessions learn of the outage in seconds, not at their deadlines.
+PING_AFTER = 1.0
+PONG_DEADLINE = 2.0
+
+
+class Liveness:
+    """When a subscriber connection must be pinged, or given up on."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._heard = clock()
+        self._pinged: float | None = None
+
+    def heard(self) -> None:
+        """Anything arrived (a message, a confirmation, a pong)."""
+        self._heard = self._clock()
+        self._pinged = None
+
+    def verdict(self) -> str:
+        """ "ping" (send one now), "dead" (no pong in time) or "" (nothing to do)."""
+        now = self._clock()
+        if self._pinged is not None:
+            return "dead" if now - self._pinged > PONG_DEADLINE else ""
+        if now - self._heard > PING_AFTER:
+            self._pinged = now
+            return "ping"
+        return ""
+
+
+async def check(pubsub: Any, liveness: Liveness) -> None:
+    """After a quiet read: ping the server, or drop a connection that stopped answering (the
+    next read reconnects and subscribes everything again)."""
+    verdict = liveness.verdict()
+    if verdict == "ping":
+        await pubsub.ping()
+    elif verdict == "dead":
+        if pubsub.connection is not None:
+            await pubsub.connection.disconnect()
+        raise RedisConnectionError(f"no reply to PING within {PONG_DEADLINE:g} s")

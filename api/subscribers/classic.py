@@ -6,15 +6,11 @@ import asyncio
 import contextlib
 import logging
 
-from api.subscribers.base import Deliver, Lost
+from api.subscribers.base import PING_AFTER, Deliver, Liveness, Lost, check
 from shared.connections import TRANSIENT_ERRORS, connect
 from shared.keys import Keys
 
 log = logging.getLogger("voxline.api.subscribers")
-
-# How long one pub/sub read waits before looping (to run health checks); not a poll interval:
-# a message wakes the read at once.
-READ_WAIT = 5.0
 
 
 class ClassicSubscriber:
@@ -70,13 +66,19 @@ class ClassicSubscriber:
 
     async def _read_loop(self, deliver: Deliver, lost: Lost) -> None:
         backoff = 0.05
+        liveness = Liveness(asyncio.get_running_loop().time)
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=READ_WAIT)
+                message = await self._pubsub.get_message(timeout=PING_AFTER)
                 backoff = 0.05
+                if message is not None:
+                    liveness.heard()
+                else:
+                    await check(self._pubsub, liveness)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                liveness.heard()  # a fresh connection is tried next
                 # redis-py reconnects and re-subscribes every channel on the next read. What was
                 # published meanwhile is gone.
                 if self.connected.is_set():

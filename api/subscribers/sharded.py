@@ -27,8 +27,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
-from api.subscribers.base import Deliver, Lost
-from api.subscribers.classic import READ_WAIT
+from api.subscribers.base import PING_AFTER, Deliver, Liveness, Lost, check
 from shared.connections import connect, connect_node
 from shared.keys import Keys
 
@@ -146,13 +145,19 @@ class ShardedSubscriber:
 
     async def _read(self, node: _Node) -> None:
         backoff = 0.05
+        liveness = Liveness(asyncio.get_running_loop().time)
         while True:
             try:
-                message = await node.pubsub.get_message(timeout=READ_WAIT)
+                message = await node.pubsub.get_message(timeout=PING_AFTER)
                 backoff = 0.05
+                if message is not None:
+                    liveness.heard()
+                else:
+                    await check(node.pubsub, liveness)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                liveness.heard()  # a fresh connection is tried next
                 # Connection lost (redis-py reconnects and resubscribes on the next read), or a
                 # MOVED reply to an SSUBSCRIBE sent on a stale slot map.
                 if node.healthy:
