@@ -3,9 +3,11 @@ fails explicitly, none hangs, and the survivor claims what the dead worker held.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -138,3 +140,53 @@ async def test_sigterm_drains_a_worker_and_the_api(monkeypatch: pytest.MonkeyPat
     assert [(d["sentence_index"], d["error"], d["total_bytes"]) for d in dones] == [
         (0, False, expected[2])
     ]
+
+
+async def test_sigkill_of_the_api_stops_its_work_and_its_keys_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The front end dies without a word: its leases lapse, the worker stops the sentence in
+    flight and skips the queued ones, and the session's keys expire."""
+    real_redis_or_fail()
+    for name, value in {"LEASE_TTL": "1.5", "SESSION_TTL": "3", "CLAIM_IDLE": "0.5"}.items():
+        monkeypatch.setenv(f"VOXLINE_{name}", value)
+    prefix = f"vxapikill-{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    worker_id = f"w-{prefix}"
+    tone = ["--engine", "tone", "--engine-opt", "rtf=1.0", "--engine-opt", "chunk_ms=40"]
+    procs: list[subprocess.Popen[bytes]] = []
+    client_redis = redis.Redis.from_url(REDIS_URL)
+
+    def counter(name: str) -> int:
+        return int(client_redis.hget(keys.worker(worker_id), name) or 0)
+
+    try:
+        with voxline_stack(prefix, [[*tone, "--worker-id", worker_id]], processes=procs) as url:
+            async with Client.connect(
+                _Stack(url), {"response_format": "pcm", "stream_audio": True}
+            ) as client:
+                session_id = client.received[0]["session_id"]  # type: ignore[index]
+                await client.send("input.text", text=" ".join(SENTENCES))
+                await client.send("input.done")
+                await client.until("audio.start")
+                assert client_redis.exists(keys.lease(session_id))
+                queued = sum(client_redis.xlen(s) for s in keys.job_streams) - 1
+                assert queued >= 1
+                procs[0].send_signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+                # The worker stops the sentence in flight and skips every queued one.
+                while counter("cancelled") < 1 or counter("orphaned") < queued:
+                    assert time.monotonic() - killed_at < 15, "the worker went on"
+                    await asyncio.sleep(0.05)
+                stopped_after = time.monotonic() - killed_at
+            assert counter("started") == 1 and counter("completed") == 0
+            assert _pending(client_redis, keys) == 0
+            assert sum(client_redis.xlen(s) for s in keys.job_streams) == 0
+            # Nothing of the session outlives its lease and session_ttl.
+            while list(client_redis.scan_iter(match=f"{prefix}:{{{session_id}}}*")):
+                assert time.monotonic() - killed_at < 15, "the session's keys stayed"
+                await asyncio.sleep(0.1)
+    finally:
+        client_redis.close()
+    # Two lease checks apart (the first miss may be a Redis restart), after a 1.5 s lease.
+    assert stopped_after < 6, stopped_after
