@@ -27,6 +27,8 @@ from pathlib import Path
 
 from procs import LoadConfig, Stack, Tally, rss_mib, session_slot
 
+from shared.keys import Keys
+
 SETTINGS = {"session_ttl": "5"}
 WORKERS = 2
 
@@ -89,7 +91,7 @@ async def run(args: argparse.Namespace) -> dict:
         leftover = sorted(k.decode() for k in client.keys())
         streams = {
             name: (client.xlen(name), client.xpending(name, "workers")["pending"])
-            for name in ("voxline:jobs:first", "voxline:jobs")
+            for name in Keys().job_streams
             if client.exists(name)
         }
     finally:

@@ -31,6 +31,8 @@ log = logging.getLogger("voxline.worker")
 # Upper bound of one blocking read; a job wakes the read at once, this only bounds how long
 # a stop request waits.
 _BLOCK_MS = 5000
+# A stopping worker waits at most this long for its readers to end.
+_STOP_READERS_WITHIN = 10.0
 
 
 class _Backoff:
@@ -176,12 +178,15 @@ class Worker:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=_STOP_READERS_WITHIN)
+            if stuck:  # never seen since _honour_cancel; a stop must not hang on it
+                log.error("%d jobs readers did not stop; leaving them", len(stuck))
 
     async def _read_shard(self, reader: Client, shard: JobShard) -> None:
         backoff = _Backoff()
         claim_every = max(self.settings.claim_idle / 2, 0.05)
         while True:
+            _honour_cancel()
             free = await self._free_slots()
             # Abandoned jobs are looked for every claim_every, by whichever reader comes first,
             # before fresh ones: a freed slot goes to the job that has waited longest.
@@ -207,12 +212,8 @@ class Worker:
                 with contextlib.suppress(*TRANSIENT_ERRORS):  # the stream was deleted
                     await ensure_jobs_group(self._redis, self.keys)
                 continue
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # A cancel that landed inside the blocking read can be swallowed there (seen
-                # with redis-py on fakeredis): honour it rather than read on. What the read
-                # returned stays pending and is claimed by another worker.
-                raise asyncio.CancelledError
+            # What the read returned stays pending and is claimed by another worker.
+            _honour_cancel()
             # Readers of other shards may have filled the slots meanwhile (they wait at the
             # same time): the surplus goes back to this shard, ahead of its queue.
             room = max(self._room(), 0)
@@ -500,6 +501,14 @@ class Worker:
             log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
             counts["failed"] = 1
             await publisher.send(EventKind.ERROR, f"engine failure: {type(exc).__name__}")
+
+
+def _honour_cancel() -> None:
+    """Raise if the current task was asked to stop. A cancel that lands inside a Redis command
+    can be swallowed there (seen with redis-py on fakeredis); the loop must not go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _deliveries(reply: list | None) -> list[Delivery]:
