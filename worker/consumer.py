@@ -91,6 +91,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._claiming = 0  # slots held for a claim of abandoned jobs under way
         self._next_claim = 0.0  # monotonic time of the next look for abandoned jobs
+        self._stopping = False  # set once: the readers end at their next turn
         self.claimed_max = 0  # the most jobs held at once (tests check it never beats slots)
 
     @property
@@ -176,16 +177,19 @@ class Worker:
         try:
             await asyncio.gather(*tasks)
         finally:
+            # The flag, not only the cancel: on Python 3.11 a cancel that races a read's own
+            # timeout inside redis-py can be swallowed (and uncancelled) there.
+            self._stopping = True
             for task in tasks:
                 task.cancel()
             _, stuck = await asyncio.wait(tasks, timeout=_STOP_READERS_WITHIN)
-            if stuck:  # never seen since _honour_cancel; a stop must not hang on it
+            if stuck:  # a stop must not hang on a reader
                 log.error("%d jobs readers did not stop; leaving them", len(stuck))
 
     async def _read_shard(self, reader: Client, shard: JobShard) -> None:
         backoff = _Backoff()
         claim_every = max(self.settings.claim_idle / 2, 0.05)
-        while True:
+        while not self._stopping:
             _honour_cancel()
             free = await self._free_slots()
             # Abandoned jobs are looked for every claim_every, by whichever reader comes first,
@@ -214,6 +218,8 @@ class Worker:
                 continue
             # What the read returned stays pending and is claimed by another worker.
             _honour_cancel()
+            if self._stopping:
+                return
             # Readers of other shards may have filled the slots meanwhile (they wait at the
             # same time): the surplus goes back to this shard, ahead of its queue.
             room = max(self._room(), 0)
