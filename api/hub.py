@@ -54,7 +54,11 @@ class Hub:
             keys=keys,
             redis=redis,
             queue=JobQueue(
-                redis, keys, maxlen=settings.stream_maxlen, session_ttl=settings.session_ttl
+                redis,
+                keys,
+                maxlen=settings.stream_maxlen,
+                session_ttl=settings.session_ttl,
+                leases=leases,
             ),
             returns=returns,
             pool=WorkerPool(redis, keys, worker_ttl=settings.worker_ttl),

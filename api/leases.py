@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from shared.connections import Client
 from shared.keys import Keys
@@ -48,10 +49,16 @@ class Leases:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for session_id in self._held:
-                pipe.set(self._keys.lease(session_id), b"1", px=self._ttl_ms)
+                self.renew_in(pipe, session_id)
                 # The session's other keys live as long as its lease is renewed.
                 pipe.pexpire(self._keys.cancelled(session_id), self._session_ttl_ms)
             await pipe.execute()
+
+    def renew_in(self, pipe: Any, session_id: str) -> None:
+        """Renew a held lease in `pipe`: the queue does it with every job it adds, so a job
+        never waits on a lease lost to a Redis restart until the next round."""
+        if session_id in self._held:
+            pipe.set(self._keys.lease(session_id), b"1", px=self._ttl_ms)
 
     async def _loop(self) -> None:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.leases import Leases
 from shared.channels import broadcast, is_cluster
 from shared.connections import Client
 from shared.keys import SESSION_CANCELLED, Keys, sentence_token, utterance_token
@@ -11,8 +12,17 @@ from shared.wire import Cancel, Job
 
 
 class JobQueue:
-    def __init__(self, redis: Client, keys: Keys, *, maxlen: int, session_ttl: int) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        keys: Keys,
+        *,
+        maxlen: int,
+        session_ttl: int,
+        leases: Leases | None = None,
+    ) -> None:
         self._redis = redis
+        self._leases = leases
         self._keys = keys
         self._maxlen = maxlen
         self._ttl = session_ttl
@@ -23,6 +33,10 @@ class JobQueue:
         # Approximate trimming keeps XADD O(1); a backlog beyond maxlen loses its oldest
         # entries, which then fail on their queue deadline instead of hanging.
         async with self._redis.pipeline(transaction=False) as pipe:
+            if self._leases is not None:
+                # Before the jobs: a worker may read one before the pipeline's next command.
+                for session_id in {job.session_id for job in jobs}:
+                    self._leases.renew_in(pipe, session_id)
             for job in jobs:
                 shard = self._keys.shard_of(job.session_id)
                 stream = shard.first if job.sentence == 0 else shard.rest
