@@ -4,12 +4,12 @@ process dies its sessions' work stops (workers check the lease) and their keys e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from shared.connections import Client
 from shared.keys import Keys
+from shared.tasks import stop
 
 log = logging.getLogger("voxline.api.leases")
 
@@ -28,10 +28,7 @@ class Leases:
         self._task = asyncio.create_task(self._loop(), name="voxline-leases")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     async def acquire(self, session_id: str) -> None:
         """Take the lease before any of the session's jobs exists."""

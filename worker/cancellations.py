@@ -12,6 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from shared.connections import Client, connect
 from shared.keys import Keys, cancel_tokens
+from shared.tasks import stop
 from shared.wire import Cancel, Job
 from worker.engines.base import Cancellation
 
@@ -93,10 +94,7 @@ class CancelListener:
         self._subscribed_once = True
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         with contextlib.suppress(Exception):
             if self._pubsub is not None:
                 await self._pubsub.aclose()

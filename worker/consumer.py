@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.connections import TRANSIENT_ERRORS, Client, connect
 from shared.keys import JOBS_GROUP, JobShard, Keys, cancel_tokens
 from shared.streams import ensure_jobs_group, read_group, shard_advice
+from shared.tasks import stop
 from shared.wire import Cancel, EventKind, Job
 from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
@@ -31,8 +32,6 @@ log = logging.getLogger("voxline.worker")
 # Upper bound of one blocking read; a job wakes the read at once, this only bounds how long
 # a stop request waits.
 _BLOCK_MS = 5000
-# A stopping worker waits at most this long for its readers to end.
-_STOP_READERS_WITHIN = 10.0
 
 
 class _Backoff:
@@ -138,10 +137,7 @@ class Worker:
             # Heartbeat, refresh and cancel listener keep running while in-flight jobs finish:
             # a long drain must not let other workers claim them.
             await self._drain(settings.drain_timeout)
-            if refresher is not None:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+            await stop(refresher)
             await self._registration.stop()
             await listener.close()
             await reader.aclose()
@@ -180,11 +176,7 @@ class Worker:
             # The flag, not only the cancel: on Python 3.11 a cancel that races a read's own
             # timeout inside redis-py can be swallowed (and uncancelled) there.
             self._stopping = True
-            for task in tasks:
-                task.cancel()
-            _, stuck = await asyncio.wait(tasks, timeout=_STOP_READERS_WITHIN)
-            if stuck:  # a stop must not hang on a reader
-                log.error("%d jobs readers did not stop; leaving them", len(stuck))
+            await stop(*tasks)
 
     async def _read_shard(self, reader: Client, shard: JobShard) -> None:
         backoff = _Backoff()

@@ -16,6 +16,7 @@ from typing import Any
 from shared.capabilities import EngineInfo
 from shared.connections import Client
 from shared.keys import Keys
+from shared.tasks import stop
 
 log = logging.getLogger("voxline.worker.registry")
 
@@ -78,10 +79,7 @@ class Registration:
         self._task = asyncio.create_task(self._loop(), name="voxline-heartbeat")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         with contextlib.suppress(Exception):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(self._keys.workers, self._id)

@@ -9,6 +9,7 @@ import logging
 from api.subscribers.base import PING_AFTER, Deliver, Liveness, Lost, check
 from shared.connections import TRANSIENT_ERRORS, connect
 from shared.keys import Keys
+from shared.tasks import stop
 
 log = logging.getLogger("voxline.api.subscribers")
 
@@ -34,10 +35,7 @@ class ClassicSubscriber:
         await asyncio.wait_for(self.connected.wait(), timeout=10)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await stop(self._reader)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
         with contextlib.suppress(Exception):

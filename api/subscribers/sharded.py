@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from api.subscribers.base import PING_AFTER, Deliver, Liveness, Lost, check
 from shared.connections import connect, connect_node
 from shared.keys import Keys
+from shared.tasks import stop
 
 log = logging.getLogger("voxline.api.subscribers")
 
@@ -72,10 +73,7 @@ class ShardedSubscriber:
         await asyncio.wait_for(self.connected.wait(), timeout=10)
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *(n.reader for n in self._nodes.values() if n.reader)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(*self._tasks, *(n.reader for n in self._nodes.values()))
         for node in list(self._nodes.values()):
             await self._close_node(node)
         with contextlib.suppress(Exception):
