@@ -278,8 +278,9 @@ async def test_shutdown_past_the_drain_timeout(
                 if spoke:
                     await c.until("audio.start")
                 else:
-                    while not doomed.engine.stats["started"]:  # type: ignore[attr-defined]
-                        await asyncio.sleep(0.02)
+                    async with asyncio.timeout(10):
+                        while not doomed.engine.stats["started"]:  # type: ignore[attr-defined]
+                            await asyncio.sleep(0.02)
             stats = dict(doomed.stats)
             async with worker_on(pipeline.settings) as rescuer:
                 done = await c.until("audio.done", timeout=15)
