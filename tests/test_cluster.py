@@ -21,7 +21,7 @@ from shared.streams import shard_advice
 from tests.conftest import CI
 from tests.harness import Client, Pipeline, pending_jobs, queued_jobs, start_pipeline
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes
-from tests.worker.test_recovery import FAST, TEXT, Ghost, reference_audio, worker_on
+from tests.worker.test_recovery import FAST, TEXT, ghost_pipeline, reference_audio, worker_on
 from worker.engines.tone import ToneEngine
 
 SHARDS = 3
@@ -177,27 +177,18 @@ async def test_barge_in_stops_in_flight_and_queued_work(
 async def test_a_dead_workers_job_is_claimed_from_its_shard(
     redis_cluster_url: str, prefix: str
 ) -> None:
-    async with start_pipeline(
-        redis_cluster_url,
-        prefix,
-        job_shards=SHARDS,
-        **FAST,  # type: ignore[arg-type]
-    ) as pipeline:
-        ghost = Ghost(pipeline)
-        try:
-            expected = await reference_audio(pipeline, TEXT)
-            async with Client.connect(pipeline, {"response_format": "pcm"}) as client:
-                await pipeline.stop_workers()
-                await client.send("input.text", text=TEXT)
-                await client.send("input.done")
-                ((_, job),) = await ghost.take()
-                async with worker_on(pipeline.settings) as rescuer:
-                    sentences, _ = await client.utterance()
-                    assert rescuer.stats["claimed"] == 1
-            assert sentences[0].audio == expected and not sentences[0].errors
-            assert await ghost.pending() == 0
-        finally:
-            await ghost.close()
+    async with ghost_pipeline(redis_cluster_url, prefix, job_shards=SHARDS) as (pipeline, ghost):
+        expected = await reference_audio(pipeline, TEXT)
+        async with Client.connect(pipeline, {"response_format": "pcm"}) as client:
+            await pipeline.stop_workers()
+            await client.send("input.text", text=TEXT)
+            await client.send("input.done")
+            await ghost.take()
+            async with worker_on(pipeline.settings) as rescuer:
+                sentences, _ = await client.utterance()
+                assert rescuer.stats["claimed"] == 1
+        assert sentences[0].audio == expected and not sentences[0].errors
+        assert await ghost.pending() == 0
 
 
 async def test_a_session_follows_its_slot_to_another_master(

@@ -73,3 +73,30 @@ async def check(pubsub: Any, liveness: Liveness) -> None:
         if pubsub.connection is not None:
             await pubsub.connection.disconnect()
         raise RedisConnectionError(f"no reply to PING within {PONG_DEADLINE:g} s")
+
+
+async def read_forever(
+    pubsub: Any, handle: Callable[[dict], None], failed: Callable[[Exception, float], None]
+) -> None:
+    """Read a pub/sub connection until cancelled: `handle` each message; ping the connection
+    when quiet; on an error call `failed(exc, delay)`, wait `delay` (doubling up to 2 s) and
+    read on — redis-py reconnects and subscribes everything again on the next read."""
+    backoff = 0.05
+    liveness = Liveness(asyncio.get_running_loop().time)
+    while True:
+        try:
+            message = await pubsub.get_message(timeout=PING_AFTER)
+            backoff = 0.05
+            if message is None:
+                await check(pubsub, liveness)
+                continue
+            liveness.heard()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            liveness.heard()  # a fresh connection is tried next
+            failed(exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+            continue
+        handle(message)

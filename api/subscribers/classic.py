@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from api.subscribers.base import PING_AFTER, Deliver, Liveness, Lost, check
+from api.subscribers.base import Deliver, Lost, read_forever
 from shared.connections import TRANSIENT_ERRORS, connect
 from shared.keys import Keys
 from shared.tasks import stop
@@ -63,36 +63,21 @@ class ClassicSubscriber:
                 await self._pubsub.unsubscribe(channel)
 
     async def _read_loop(self, deliver: Deliver, lost: Lost) -> None:
-        backoff = 0.05
-        liveness = Liveness(asyncio.get_running_loop().time)
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=PING_AFTER)
-                backoff = 0.05
-                if message is not None:
-                    liveness.heard()
-                else:
-                    await check(self._pubsub, liveness)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                liveness.heard()  # a fresh connection is tried next
-                # redis-py reconnects and re-subscribes every channel on the next read. What was
-                # published meanwhile is gone.
-                if self.connected.is_set():
-                    self.connected.clear()
-                    lost(None)
-                log.warning("return path lost (%s); reconnecting in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if message is None:
-                continue
+        def handle(message: dict) -> None:
             kind, channel = message["type"], message["channel"]
             if kind == "message":
                 deliver(channel, message["data"])
             elif kind == "subscribe":
                 self._confirmed(channel)
+
+        def failed(exc: Exception, delay: float) -> None:
+            # What was published until the connection is back is gone.
+            if self.connected.is_set():
+                self.connected.clear()
+                lost(None)
+            log.warning("return path lost (%s); reconnecting in %.2fs", exc, delay)
+
+        await read_forever(self._pubsub, handle, failed)
 
     def _confirmed(self, channel: bytes) -> None:
         if channel == self._control:

@@ -27,7 +27,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
-from api.subscribers.base import PING_AFTER, Deliver, Liveness, Lost, check
+from api.subscribers.base import Deliver, Lost, read_forever
 from shared.connections import connect, connect_node
 from shared.keys import Keys
 from shared.tasks import stop
@@ -142,33 +142,16 @@ class ShardedSubscriber:
     # --- reading -----------------------------------------------------------------------------
 
     async def _read(self, node: _Node) -> None:
-        backoff = 0.05
-        liveness = Liveness(asyncio.get_running_loop().time)
-        while True:
-            try:
-                message = await node.pubsub.get_message(timeout=PING_AFTER)
-                backoff = 0.05
-                if message is not None:
-                    liveness.heard()
-                else:
-                    await check(node.pubsub, liveness)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                liveness.heard()  # a fresh connection is tried next
-                # Connection lost (redis-py reconnects and resubscribes on the next read), or a
-                # MOVED reply to an SSUBSCRIBE sent on a stale slot map.
-                if node.healthy:
-                    node.healthy = False
-                    self._update_connected()
-                    self._lost(set(node.channels))
-                log.warning("return path to %s lost (%s); retry in %.2fs", node.name, exc, backoff)
-                self._spawn(self._rehome())
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if message is not None:
-                self._handle(node, message)
+        def failed(exc: Exception, delay: float) -> None:
+            # Connection lost, or a MOVED reply to an SSUBSCRIBE sent on a stale slot map.
+            if node.healthy:
+                node.healthy = False
+                self._update_connected()
+                self._lost(set(node.channels))
+            log.warning("return path to %s lost (%s); retry in %.2fs", node.name, exc, delay)
+            self._spawn(self._rehome())
+
+        await read_forever(node.pubsub, lambda message: self._handle(node, message), failed)
 
     def _handle(self, node: _Node, message: dict) -> None:
         kind, channel = message["type"], message["channel"]
