@@ -10,10 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
 
+from api import demo
 from api.auth import Authenticator, AuthMiddleware, KeySessions, describe, install_log_redaction
+from api.catalog import catalog_router
 from api.hub import Hub
+from api.metrics import router as metrics_router
 from api.server import quiet_client_faults
 from api.session import Session
+from api.speech import speech_router
 from shared.config import Settings
 from shared.protocol import PATH
 
@@ -50,6 +54,10 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
     app.state.key_sessions = KeySessions()
     # Middleware, not a per-route dependency: it guards every route added later, too.
     app.add_middleware(AuthMiddleware, auth=auth, sessions=app.state.key_sessions)
+    app.include_router(demo.router)
+    app.include_router(speech_router(settings))
+    app.include_router(catalog_router())
+    app.include_router(metrics_router)
 
     @app.websocket(PATH)
     async def speech_stream(ws: WebSocket) -> None:

@@ -8,7 +8,8 @@ Keys are configured as hashes (`VOXLINE_API_KEYS`), one entry per key, comma-sep
 `/max_sessions` overrides `VOXLINE_MAX_SESSIONS_PER_KEY` for that key (`/0`: no limit).
 `voxline hash-key` makes an entry. A client presents its key as `Authorization: Bearer <key>`,
 as the WebSocket subprotocols `token, <key>` (browsers cannot set headers on a WebSocket) or as
-`?api_key=<key>`. With keys configured, everything but `/healthz` needs one.
+`?api_key=<key>`. With keys configured, everything needs one but the probes (`/healthz`,
+`/readyz`), Prometheus' `/metrics` and the static browser demo (`/`, `/demo/*`).
 
 A raw key never goes into a log line, an exception or a repr: keys are identified by label.
 """
@@ -37,8 +38,12 @@ from shared.protocol import CloseCode, ErrorCode, error
 log = logging.getLogger("voxline.api.auth")
 
 HASH_PREFIX = "sha256:"
-# Answer without a key: load balancers and orchestrators probe it.
-PUBLIC_PATHS = frozenset({"/healthz"})
+# Answer without a key: load balancers and orchestrators probe them (/readyz tells only
+# counts and states, never a key, session or text).
+# Prometheus scrapes /metrics (counts and latencies only, labelled by engine and outcome).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/metrics"})
+# The browser demo's static assets: the page asks for the key itself (api/demo).
+PUBLIC_PREFIXES = ("/demo/",)
 # The subprotocol a browser offers in front of its key (`new WebSocket(url, ["token", key])`).
 TOKEN_SUBPROTOCOL = "token"
 QUERY_PARAM = "api_key"
@@ -265,7 +270,7 @@ class AuthMiddleware:
             return
         presented = presented_key(scope)
         redact_query(scope)
-        if scope["type"] == "http" and scope["path"] in PUBLIC_PATHS:
+        if scope["type"] == "http" and _public(scope["path"]):
             await self.app(scope, receive, send)
             return
         entry: KeyEntry | None = None
@@ -379,6 +384,10 @@ def _with_subprotocol(send: Send, subprotocol: str) -> Send:
         await send(message)
 
     return wrapped
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _client(scope: Scope) -> str:

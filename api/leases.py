@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Any
 
+from shared import metrics
 from shared.connections import Client
 from shared.keys import Keys
 from shared.tasks import stop
@@ -63,4 +64,5 @@ class Leases:
             try:
                 await self.renew()
             except Exception as exc:
+                metrics.redis_error("leases")
                 log.warning("could not renew %d session leases: %s", len(self._held), exc)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from api.errors import ResponseAborted
+
 log = logging.getLogger("voxline.api.server")
 
 
@@ -20,10 +22,25 @@ class _ClientFaultsAreWarnings(logging.Filter):
     a warning, without the stack."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and str(record.msg).startswith("Invalid UTF-8"):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
+        if record.levelno < logging.ERROR:
+            return True
+        aborted = _aborted(record.exc_info[1] if record.exc_info else None)
+        if aborted is not None:
+            # A REST response cut short on purpose, already explained by the session's log.
+            record.msg, record.args = "response aborted: %s", (aborted,)
+        elif not str(record.msg).startswith("Invalid UTF-8"):
+            return True
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
         return True
+
+
+def _aborted(exc: BaseException | None) -> ResponseAborted | None:
+    if isinstance(exc, ResponseAborted):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        return next(filter(None, (_aborted(e) for e in exc.exceptions)), None)
+    return None
 
 
 _FILTER = _ClientFaultsAreWarnings()

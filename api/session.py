@@ -22,9 +22,10 @@ from typing import Any
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketState
 
+from api.audio_out import ClientAudio
 from api.hub import Hub
 from api.splitter import SentenceSplitter
-from shared import protocol
+from shared import logs, metrics, protocol
 from shared.protocol import (
     ClientMessage,
     CloseCode,
@@ -84,7 +85,9 @@ class Session:
         self.id = uuid.uuid4().hex
         self.config = SessionConfig()
         self.voice = ""
+        self.engine_name = ""  # the pool's engine, as metrics label it
         self.sample_rate = 0
+        self.audio: ClientAudio | None = None
         self.utterances: deque[Utterance] = deque()
         self._next_utterance = 0
         self._live: dict[tuple[int, int], Sentence] = {}
@@ -103,6 +106,7 @@ class Session:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        logs.bind_session(self.id)  # every task of the session inherits it
         try:
             await self._run()
         finally:
@@ -119,6 +123,7 @@ class Session:
         try:
             busy = await self.hub.overloaded()
         except (RedisError, OSError) as exc:
+            metrics.redis_error("session")
             log.warning("session %s: Redis unreachable (%s); refused", self.id, exc)
             busy = _unavailable().message
         if busy is not None:
@@ -136,6 +141,7 @@ class Session:
             )
             return
         self.hub.sessions.add(self)
+        metrics.ACTIVE_SESSIONS.inc()
         try:
             await self.hub.leases.acquire(self.id)
             # Pre-connect: the audio channel is live before any sentence can be queued.
@@ -147,6 +153,7 @@ class Session:
         except ProtocolError as exc:
             await self._refuse(exc)
         except (RedisError, OSError) as exc:
+            metrics.redis_error("session")
             log.warning("session %s: Redis unreachable (%s); refused", self.id, exc)
             await self._refuse(_unavailable())
         except Exception:
@@ -158,6 +165,7 @@ class Session:
             )
         finally:
             self.hub.sessions.discard(self)
+            metrics.ACTIVE_SESSIONS.dec()
             await self._release()
 
     async def _serve(self) -> None:
@@ -186,6 +194,10 @@ class Session:
     async def _release(self) -> None:
         """Stop all outstanding work of this connection, in Redis and locally."""
         self._closed = True
+        metrics.cancelled(
+            "shutdown" if self._shutting_down else "disconnect",
+            sum(len(u.undelivered) for u in self.utterances),
+        )
         for utt in self.utterances:
             self._abandon(utt)
         try:
@@ -292,7 +304,19 @@ class Session:
             )
         self.config = protocol.parse_config(data, engine)
         self.voice = self.config.voice or engine.default_voice
-        self.sample_rate = self.config.sample_rate or engine.sample_rate
+        self.engine_name = engine.name
+        self.sample_rate = protocol.output_rate(self.config, engine)
+        config = self.config
+        audio = self.audio
+        if audio is None or (audio.fmt, audio.rate, audio.stream) != (
+            config.response_format,
+            self.sample_rate,
+            config.stream_audio,
+        ):
+            # Kept when a new config leaves the output as it was: the stream goes on.
+            self.audio = ClientAudio(
+                config.response_format, self.sample_rate, stream=config.stream_audio
+            )
         await self._send_json(
             protocol.session_ready(
                 self.id, self.config.response_format, self.sample_rate, self.voice, engine.name
@@ -461,21 +485,24 @@ class Session:
                 raise ConnectionError("the return path is reconnecting")
             await self.hub.queue.enqueue(*jobs)
         except (RedisError, OSError) as exc:
+            metrics.redis_error("session")
             log.warning("session %s: could not queue %d sentences: %s", self.id, len(jobs), exc)
             for _, sentence in batch:
                 _abort(sentence, "could not queue the sentence (Redis down)")
 
     def _job(self, utt: Utterance, sentence: Sentence) -> Job:
         config = self.config
+        assert self.audio is not None  # configured before any text
+        fmt, stream = self.audio.worker_format
         return Job(
             session_id=self.id,
             utterance=utt.index,
             sentence=sentence.index,
             text=sentence.text,
             voice=self.voice,
-            format=config.response_format,
+            format=fmt,
             sample_rate=self.sample_rate,
-            stream_audio=config.stream_audio,
+            stream_audio=stream,
             speed=config.speed,
             language=config.language,
             word_timestamps=config.word_timestamps,
@@ -494,6 +521,7 @@ class Session:
             for utt in victims:
                 utt.cancelled = True  # from here on the relay sends nothing of it
                 self._abandon(utt)
+            metrics.cancelled("barge_in", sum(len(u.undelivered) for u in victims))
             try:
                 await self.hub.queue.cancel(self.id, [u.index for u in victims])
             except Exception:
@@ -503,7 +531,9 @@ class Session:
                 undelivered = utt.undelivered
                 for sentence in utt.sentences:
                     if sentence.start_sent and not sentence.finished:
-                        # Close the framing the client already saw open.
+                        # Close the framing the client already saw open, with what the
+                        # encoder still held of it (the stream stays valid).
+                        await self._send_bytes_locked(sentence, self._end_audio())
                         await self._send_json_locked(
                             self._done_message(utt, sentence, cancelled=True)
                         )
@@ -582,6 +612,7 @@ class Session:
                 await utt.changed.wait()
 
     async def _deliver_sentence(self, utt: Utterance, sentence: Sentence) -> None:
+        logs.bind_sentence(utt.index, sentence.index)  # the relay's log lines name it
         settings = self.settings
         expected_seq = 0
         attempt = 0  # the delivery of the job whose events are followed
@@ -647,6 +678,7 @@ class Session:
                         utt, sentence, protocol.audio_words(utt.index, sentence.index, event.data)
                     )
                 elif event.kind is EventKind.DONE:
+                    await self._send_audio(utt, sentence, b"", end=True)
                     await self._send_sentence_json(utt, sentence, None, finish=True)
                     return
                 elif event.kind is EventKind.ERROR:
@@ -655,21 +687,43 @@ class Session:
         finally:
             self._live.pop((utt.index, sentence.index), None)
 
-    async def _send_audio(self, utt: Utterance, sentence: Sentence, data: bytes) -> None:
-        if not data:
+    async def _send_audio(
+        self, utt: Utterance, sentence: Sentence, data: bytes, *, end: bool = False
+    ) -> None:
+        """Relay a worker chunk in the client's format; `end`: the sentence is complete."""
+        if not data and not end:
             return
         async with self._send_lock:
             if not self._may_send(utt):
                 return
+            assert self.audio is not None
+            out = self.audio.chunk(data) if data else b""
+            if end:
+                out += self.audio.end_sentence()
+            if not out and not sentence.start_sent and end:
+                return  # a sentence without audio: audio.done alone opens and closes it
             await self._send_start_locked(utt, sentence)
-            try:
-                await self.ws.send_bytes(data)
-            except Exception as exc:  # the peer is gone mid-write
-                raise _Disconnected from exc
-            sentence.bytes_sent += len(data)
-            sentence.last_byte_ms = self._ms_since(sentence)
-            if sentence.first_byte_ms is None:
-                sentence.first_byte_ms = sentence.last_byte_ms
+            await self._send_bytes_locked(sentence, out)
+
+    async def _send_bytes_locked(self, sentence: Sentence, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            await self.ws.send_bytes(data)
+        except Exception as exc:  # the peer is gone mid-write
+            raise _Disconnected from exc
+        sentence.bytes_sent += len(data)
+        sentence.last_byte_ms = self._ms_since(sentence)
+        if sentence.first_byte_ms is None:
+            sentence.first_byte_ms = sentence.last_byte_ms
+
+    def _end_audio(self) -> bytes:
+        """A sentence ends early (failed, cancelled): the stream encoder's last samples of
+        it; a whole-file sentence is dropped."""
+        if self.audio is None:
+            return b""
+        self.audio.drop_sentence()
+        return self.audio.end_sentence()
 
     async def _send_sentence_json(
         self,
@@ -684,6 +738,8 @@ class Session:
             if not self._may_send(utt):
                 return
             await self._send_start_locked(utt, sentence)
+            if error:
+                await self._send_bytes_locked(sentence, self._end_audio())
             if message is not None:
                 await self._send_json_locked(message)
             if finish:
@@ -694,6 +750,7 @@ class Session:
     ) -> None:
         if stop_worker:
             # No worker may start (or go on with) a sentence the client was told failed.
+            metrics.CANCELLATIONS.labels("failed_sentence").inc()
             try:
                 await self.hub.queue.cancel(self.id, [utt.index], sentence.index)
             except Exception:
@@ -730,6 +787,13 @@ class Session:
         self, utt: Utterance, sentence: Sentence, *, error: bool = False, cancelled: bool = False
     ) -> dict[str, Any]:
         sentence.finished = True
+        metrics.sentence_done(
+            self.engine_name,
+            sentence.first_byte_ms,
+            sentence.last_byte_ms,
+            error=error,
+            cancelled=cancelled,
+        )
         return protocol.audio_done(
             utt.index,
             sentence.index,

@@ -63,6 +63,9 @@ class Settings:
     allowed_origins: str = ""
     # Sessions one API key may hold open on one front-end process; 0 = no per-key limit.
     max_sessions_per_key: int = 0
+    # `voxline worker` serves its Prometheus metrics on this port (all interfaces); 0 = off.
+    # Front ends serve theirs on GET /metrics.
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

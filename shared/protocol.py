@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.audio.formats import STREAMABLE
+from shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
 from shared.capabilities import EngineInfo
 
 PATH = "/v1/audio/speech/stream"
@@ -81,7 +81,11 @@ COMPAT_FIELDS = (
     "ref_text",
     "x_vector_only_mode",
 )
-LATER_FORMATS = ("opus", "mp3", "flac")
+# Formats whose audio.start..audio.done frames can be cut anywhere and still play: every one
+# but wav (a WAV header mid-stream plays as a pop). Compressed formats stream as one
+# continuous Ogg/MP3/ADTS/FLAC stream per connection, encoded by the front end.
+STREAMABLE = frozenset(ALL_FORMATS) - {"wav"}
+AudioFormat = Literal["wav", "pcm", "mulaw", "alaw", "mp3", "opus", "aac", "flac"]
 INT64_MAX = 2**63 - 1
 # JSON's \uXXXX escapes can spell lone UTF-16 surrogates: a Python str holds them, but they
 # are no Unicode text, so they cannot be encoded (msgpack to the workers, UTF-8 to the client).
@@ -107,7 +111,7 @@ class SessionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     voice: str | None = None
-    response_format: Literal["wav", "pcm", "mulaw", "alaw"] = "wav"
+    response_format: AudioFormat = "wav"
     stream_audio: bool = False
     sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = None
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
@@ -150,9 +154,6 @@ def parse_config(data: dict[str, Any], engine: EngineInfo) -> SessionConfig:
             raise _invalid_config(_shown(name), "unknown field")
         if isinstance(value, str) and not _is_text(value):
             raise _invalid_config(name, "not valid Unicode (a lone surrogate)")
-    fmt = body.get("response_format")
-    if fmt in LATER_FORMATS:
-        raise _invalid_config("response_format", f"{fmt!r} is not supported yet")
     try:
         config = SessionConfig.model_validate(body)
     except ValidationError as exc:
@@ -161,8 +162,18 @@ def parse_config(data: dict[str, Any], engine: EngineInfo) -> SessionConfig:
         if first["type"] == "extra_forbidden":
             raise _invalid_config(field, "unknown field") from None
         raise _invalid_config(field, first["msg"]) from None
+    if config.sample_rate is not None and (
+        problem := check_rate(config.response_format, config.sample_rate)
+    ):
+        raise _invalid_config("sample_rate", problem)
     check_engine(config, engine)
     return config
+
+
+def output_rate(config: SessionConfig, engine: EngineInfo) -> int:
+    """The rate the client gets: as asked, else the format's default for this engine
+    (8 kHz for G.711, an Opus rate for opus, the engine's own otherwise)."""
+    return config.sample_rate or default_rate(config.response_format, engine.sample_rate)
 
 
 def check_engine(config: SessionConfig, engine: EngineInfo) -> None:

@@ -8,54 +8,149 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from shared.config import DEFAULT_REDIS_URL, Settings
 from shared.connections import redacted
+from shared.logs import FORMATS, configure_logging
 
 DEFAULT_PORT = 8000
+REDIS_URL_HELP = f"Redis server (default: $VOXLINE_REDIS_URL, else {DEFAULT_REDIS_URL})"
+
+DESCRIPTIONS = {
+    "serve": "Run the WebSocket front end and one TTS worker in one process, over an in-memory\n"
+    "Redis by default: no server, no download.",
+    "api": "Run the WebSocket front end (/v1/audio/speech/stream) alone; workers started with\n"
+    "`voxline worker` on the same Redis serve it. Settings: VOXLINE_<NAME> (shared/config.py).",
+    "worker": "Run a TTS worker: it takes sentence jobs from the Redis Streams, synthesizes them\n"
+    "with its engine and streams the audio back. Run any number of them.",
+    "say": "Stream text to a voxline server as an LLM would (stdin is sent piece by piece as it\n"
+    "arrives) and write the audio to a WAV file or play it. Each sentence is logged on stderr;\n"
+    "on a terminal a progress line shows sentences done/queued, seconds of audio and the\n"
+    "first-audio latency, and a summary line ends the run.",
+    "hash-key": "Print the VOXLINE_API_KEYS entry of an API key: its hash, never the key. The key\n"
+    "comes from the argument, stdin, or a prompt; --new makes a random one.",
+}
+
+EXAMPLES = {
+    "voxline": """examples:
+  voxline serve                                      # everything in one process
+  voxline say "Hello world. How are you?" -o hello.wav
+  voxline api --redis-url redis://127.0.0.1:6379/0   # distributed: one front end ...
+  voxline worker --redis-url redis://127.0.0.1:6379/0 --engine espeak   # ... any workers""",
+    "serve": """examples:
+  voxline serve                                      # espeak voice, port 8000
+  voxline serve --engine pocket-tts --model DIR      # a neural engine
+  voxline serve --engine tone --engine-opt rtf=0.5 --port 9000""",
+    "api": """examples:
+  voxline api --redis-url redis://127.0.0.1:6379/0 --port 8000
+  VOXLINE_API_KEYS="web=sha256:..." voxline api      # require API keys""",
+    "worker": """examples:
+  voxline worker --redis-url redis://127.0.0.1:6379/0 --engine espeak
+  voxline worker --engine pocket-tts --model DIR --engine-opt device=cuda
+  voxline worker --engine tone --engine-opt rtf=0.5 --concurrency 4""",
+    "say": """examples:
+  voxline say "Hello world. How are you?" -o hello.wav
+  echo "Tokens can arrive piece by piece. Like this." | voxline say - -o piped.wav
+  VOXLINE_API_KEY=vx_... voxline say --url ws://tts.example.com:8000 < story.txt""",
+    "hash-key": """examples:
+  voxline hash-key --new --label web                 # a new key, then its entry
+  voxline hash-key < key.txt                         # the entry of an existing key""",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voxline", description=__doc__)
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="voxline",
+        description="voxline: streaming text-to-speech for voice bots: a WebSocket front end, "
+        "Redis Streams\nand a pool of TTS workers. `voxline COMMAND --help` describes a command.",
+        epilog=EXAMPLES["voxline"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default: info)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=os.environ.get("VOXLINE_LOG_FORMAT", "text"),
+        help="text (default), or json: one object per line with session_id and sentence "
+        "(default: $VOXLINE_LOG_FORMAT)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    serve = sub.add_parser(
-        "serve", help="API and a worker in one process over in-memory Redis (no server needed)"
+    serve = _command(
+        sub, "serve", "API and a worker in one process over in-memory Redis (no server needed)"
     )
     _add_http(serve, host="127.0.0.1")
     _add_engine(serve, default="espeak")
-    serve.add_argument("--redis-url", default="memory://", help="default: in-memory (memory://)")
-
-    api = sub.add_parser("api", help="the WebSocket front end (distributed mode)")
-    _add_http(api, host="0.0.0.0")
-    api.add_argument("--redis-url", default=None, help=f"default: {DEFAULT_REDIS_URL}")
-
-    worker = sub.add_parser("worker", help="a TTS worker (distributed mode)")
-    worker.add_argument("--redis-url", default=None, help=f"default: {DEFAULT_REDIS_URL}")
-    _add_engine(worker, default="espeak")
-    worker.add_argument("--worker-id", default=None, help="unique consumer name")
-    worker.add_argument(
-        "--heartbeat-file", default=None, help="touched on every heartbeat (container healthcheck)"
+    serve.add_argument(
+        "--redis-url", default="memory://", help="Redis to use (default: memory://, in-memory)"
     )
 
-    say = sub.add_parser("say", help="stream text to a voxline server and write the audio")
+    api = _command(sub, "api", "the WebSocket front end (distributed mode)")
+    _add_http(api, host="0.0.0.0")
+    api.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
+
+    worker = _command(sub, "worker", "a TTS worker (distributed mode)")
+    worker.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
+    _add_engine(worker, default="espeak")
+    worker.add_argument(
+        "--worker-id", default=None, help="unique consumer name (default: HOST-PID-RANDOM)"
+    )
+    worker.add_argument(
+        "--heartbeat-file",
+        default=None,
+        help="touched on every heartbeat, for a container healthcheck (default: none)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (default: $VOXLINE_METRICS_PORT, or off)",
+    )
+
+    say = _command(sub, "say", "stream text to a voxline server and write or play the audio")
     say.add_argument("text", nargs="?", help="the text; '-' or absent reads stdin piece by piece")
-    say.add_argument("-o", "--output", default=None, help="write a WAV file (default: play)")
-    say.add_argument("--url", default=f"ws://127.0.0.1:{DEFAULT_PORT}")
-    say.add_argument("--voice", default=None)
-    say.add_argument("--speed", type=float, default=None)
-    say.add_argument("--language", default=None)
-    say.add_argument("--sample-rate", type=int, default=None)
+    say.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="write a WAV file (default: play it with aplay, paplay or ffplay)",
+    )
+    say.add_argument(
+        "--url",
+        default=f"ws://127.0.0.1:{DEFAULT_PORT}",
+        help=f"the server (default: ws://127.0.0.1:{DEFAULT_PORT})",
+    )
+    say.add_argument(
+        "--voice",
+        default=None,
+        help="a voice of the server's engine (default: the engine's default voice)",
+    )
+    say.add_argument("--speed", type=float, default=None, help="0.25 to 4.0 (default: 1.0)")
+    say.add_argument("--language", default=None, help="a language the engine lists (default: Auto)")
+    say.add_argument(
+        "--sample-rate",
+        type=int,
+        default=None,
+        help="8000 to 48000 Hz, resampled by the server (default: the engine's rate)",
+    )
+    say.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print errors only (default: log each sentence, and show progress on a terminal)",
+    )
     say.add_argument(
         "--api-key",
         default=os.environ.get("VOXLINE_API_KEY"),
         help="sent as a bearer token (default: $VOXLINE_API_KEY, which keeps it out of `ps`)",
     )
 
-    hash_key = sub.add_parser(
-        "hash-key", help="print the VOXLINE_API_KEYS entry of an API key (or of a new one)"
+    hash_key = _command(
+        sub, "hash-key", "print the VOXLINE_API_KEYS entry of an API key (or of a new one)"
     )
     hash_key.add_argument(
         "key", nargs="?", help="the key; absent: read from stdin (keeps it out of shell history)"
@@ -63,32 +158,52 @@ def build_parser() -> argparse.ArgumentParser:
     hash_key.add_argument(
         "--new", action="store_true", help="make a random key; print it, then its entry"
     )
-    hash_key.add_argument("--label", default=None, help="name the key in logs: LABEL=sha256:...")
+    hash_key.add_argument(
+        "--label",
+        default=None,
+        help="name the key in logs: LABEL=sha256:... (default: none; logs show the hash's "
+        "first 8 hex digits)",
+    )
     return parser
 
 
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    """A subcommand: `summary` in the command list, its description and examples in its help."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=DESCRIPTIONS[name],
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _add_http(parser: argparse.ArgumentParser, *, host: str) -> None:
-    parser.add_argument("--host", default=host)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--key-prefix", default=None, help="Redis key prefix (default voxline)")
+    parser.add_argument("--host", default=host, help=f"interface to listen on (default: {host})")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
+    parser.add_argument("--key-prefix", default=None, help="Redis key prefix (default: voxline)")
 
 
 def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
-        "--engine", default=default, help="espeak (default), pocket-tts, vits or tone"
+        "--engine", default=default, help=f"espeak, pocket-tts, vits or tone (default: {default})"
     )
     parser.add_argument(
         "--model",
         default=None,
         help="model of a neural engine: a local checkpoint directory or a hub id "
-        "(same as --engine-opt model=...)",
+        "(same as --engine-opt model=...; default: the engine's own)",
     )
     parser.add_argument(
         "--engine-opt",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="engine option, repeatable (e.g. --engine-opt rtf=0.5 for tone)",
+        help="engine option, repeatable (e.g. --engine-opt rtf=0.5 for tone; default: none)",
     )
     parser.add_argument(
         "--concurrency",
@@ -98,7 +213,9 @@ def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
         "it can keep real time with, or 1)",
     )
     if "--key-prefix" not in parser._option_string_actions:
-        parser.add_argument("--key-prefix", default=None, help="Redis key prefix")
+        parser.add_argument(
+            "--key-prefix", default=None, help="Redis key prefix (default: voxline)"
+        )
 
 
 def _engine_options(pairs: Sequence[str]) -> dict[str, str]:
@@ -112,14 +229,19 @@ def _engine_options(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(redis_url=args.redis_url, key_prefix=args.key_prefix)
+    return Settings.from_env(
+        redis_url=args.redis_url,
+        key_prefix=args.key_prefix,
+        metrics_port=getattr(args, "metrics_port", None),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(args.log_level, args.log_format)
+    except ValueError as exc:  # a bad level, or a bad VOXLINE_LOG_FORMAT
+        raise SystemExit(f"voxline: {exc}") from None
     if args.command == "say":
         from voxline.say import run_say
 
@@ -170,16 +292,37 @@ def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         options = _engine_options(args.engine_opt)
         if args.model is not None:
             options["model"] = args.model
-        return load_engine(args.engine, options)
+        engine = load_engine(args.engine, options)
     except ValueError as exc:
         raise SystemExit(f"voxline: {exc}") from None
+    _log_loading(engine, args.engine, options.get("model") or getattr(engine, "model_id", None))
+    return engine
+
+
+def _log_loading(engine, name: str, model: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Log around the engine's `start()`, where the worker loads its model (seconds to minutes
+    for a neural engine: without this, a worker looks hung)."""
+    start = engine.start
+    source = f" from {model}" if model else ""
+    log = logging.getLogger("voxline")
+
+    async def timed_start() -> None:
+        log.info("loading engine %s%s...", name, source)
+        began = time.perf_counter()
+        await start()
+        log.info("engine %s loaded in %.1f s", name, time.perf_counter() - began)
+
+    engine.start = timed_start
 
 
 def _run_worker(args: argparse.Namespace) -> int:
     from worker.consumer import Worker
 
+    settings = _settings(args)
+    if settings.metrics_port:
+        _serve_metrics(settings.metrics_port)
     worker = Worker(
-        _settings(args),
+        settings,
         _make_engine(args),
         worker_id=args.worker_id,
         concurrency=args.concurrency,
@@ -188,6 +331,17 @@ def _run_worker(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_until_signal(worker.run()))
     return 0
+
+
+def _serve_metrics(port: int) -> None:
+    """Prometheus metrics of this process, from a thread of prometheus_client's; started before
+    the engine loads, so a slow model load shows as a live target."""
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        raise SystemExit(f"voxline: cannot serve metrics on port {port}: {exc}") from None
 
 
 async def _until_signal(coro) -> None:  # type: ignore[no-untyped-def]
@@ -231,9 +385,19 @@ def _run_http(args: argparse.Namespace) -> int:
 
     app = create_app(settings, sidecar=sidecar)
     where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"
-    print(f"voxline {args.command}: {where}  (redis: {redacted(settings.redis_url)})", flush=True)
+    banner = f"voxline {args.command}: {where}  (redis: {redacted(settings.redis_url)})"
+    if args.log_format == "json":
+        logging.getLogger("voxline").info("%s", banner)  # every output line is JSON
+    else:
+        print(banner, flush=True)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, ws="websockets-sansio"
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ws="websockets-sansio",
+        # json: uvicorn's loggers propagate to the root handler configure_logging installed.
+        log_config=None if args.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     Server(config).run()
     return 0

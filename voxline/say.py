@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import websockets
 
+from api.splitter import SentenceSplitter
 from shared.audio.wav import wav_bytes
-from shared.protocol import PATH
+from voxline.client import (
+    Audio,
+    AudioDone,
+    AudioStart,
+    Client,
+    SentenceError,
+    ServerError,
+    VoxlineError,
+    connect,
+)
+from voxline.progress import StatusLine
 
 PLAYERS = (
     ["aplay", "-q", "-f", "S16_LE", "-c", "1", "-r", "{rate}"],
@@ -35,6 +45,37 @@ PLAYERS = (
         "-",
     ],
 )
+
+
+@dataclass
+class Tally:
+    """What the progress line and the summary show."""
+
+    rate: int
+    started: float
+    queued: int = 0  # sentences cut so far, as the server cuts them
+    done: int = 0
+    audio_bytes: int = 0
+    first_audio_ms: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.audio_bytes / 2 / self.rate
+
+    def status(self) -> str:
+        first = f"first audio {self.first_audio_ms:.0f} ms" if self.first_audio_ms else "waiting"
+        return (
+            f"{self.done}/{self.queued} sentences · {self.seconds:.1f} s of audio · {first} · "
+            f"{time.perf_counter() - self.started:.1f} s"
+        )
+
+    def summary(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        first = f", first audio after {self.first_audio_ms:.0f} ms" if self.first_audio_ms else ""
+        return (
+            f"{self.seconds:.2f} s of audio at {self.rate} Hz; {self.done} sentences in "
+            f"{elapsed:.1f} s{first}"
+        )
 
 
 async def _pieces(text: str | None) -> AsyncIterator[str]:
@@ -57,6 +98,15 @@ async def _pieces(text: str | None) -> AsyncIterator[str]:
         yield piece
 
 
+async def _counted(pieces: AsyncIterator[str], tally: Tally) -> AsyncIterator[str]:
+    """The pieces, counting the sentences they make as the server's splitter cuts them."""
+    splitter = SentenceSplitter()
+    async for piece in pieces:
+        tally.queued += len(splitter.feed(piece))
+        yield piece
+    tally.queued += len(splitter.flush())
+
+
 def _player(rate: int) -> subprocess.Popen[bytes] | None:
     for template in PLAYERS:
         if shutil.which(template[0]):
@@ -66,93 +116,81 @@ def _player(rate: int) -> subprocess.Popen[bytes] | None:
 
 
 async def say(args: argparse.Namespace) -> int:
-    url = args.url.rstrip("/")
-    if not url.endswith(PATH):
-        url += PATH
-    config: dict[str, object] = {
-        "type": "session.config",
-        "response_format": "pcm",
-        "stream_audio": True,
+    out = StatusLine(quiet=getattr(args, "quiet", False))
+    config = {
+        field: getattr(args, field)
+        for field in ("voice", "speed", "language", "sample_rate")
+        if getattr(args, field) is not None
     }
-    for field in ("voice", "speed", "language", "sample_rate"):
-        value = getattr(args, field)
-        if value is not None:
-            config[field] = value
-    audio = bytearray()
-    player: subprocess.Popen[bytes] | None = None
-    key = getattr(args, "api_key", None)
-    headers = {"Authorization": f"Bearer {key}"} if key else None
-    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            # A server refusing the connection (a bad key) may have closed it already; its
-            # error message is still read below.
-            await ws.send(json.dumps(config))
-        try:
-            ready = json.loads(await ws.recv())
-        except websockets.ConnectionClosed as exc:
-            close = exc.rcvd
-            reason = f"{close.code} {close.reason}" if close is not None else "no close frame"
-            print(f"voxline say: the server closed the connection: {reason}", file=sys.stderr)
-            return 2
-        if ready.get("type") != "session.ready":
-            print(f"voxline say: {ready.get('code')}: {ready.get('message')}", file=sys.stderr)
-            return 2
-        rate = int(ready["sample_rate"])
+    try:
+        tts = await connect(args.url, api_key=getattr(args, "api_key", None), **config)
+    except VoxlineError as exc:
+        print(f"voxline say: {exc}", file=sys.stderr)
+        return 2
+    async with tts:
+        player: subprocess.Popen[bytes] | None = None
         if args.output is None:
-            player = _player(rate)
+            player = _player(tts.sample_rate)
             if player is None:
                 print(
                     "voxline say: no audio player (aplay, paplay, ffplay) found; use -o FILE",
                     file=sys.stderr,
                 )
                 return 2
-        started = time.perf_counter()
-        first_audio: float | None = None
-
-        async def feed() -> None:
-            async for piece in _pieces(args.text):
-                await ws.send(json.dumps({"type": "input.text", "text": piece}))
-            await ws.send(json.dumps({"type": "input.done"}))
-
-        sender = asyncio.create_task(feed())
-        status = 0
-        async for frame in ws:
-            if isinstance(frame, bytes):
-                if first_audio is None:
-                    first_audio = time.perf_counter()
-                    print(
-                        f"first audio after {(first_audio - started) * 1000:.0f} ms",
-                        file=sys.stderr,
-                    )
-                audio += frame
-                if player is not None and player.stdin is not None:
-                    player.stdin.write(frame)
-                    player.stdin.flush()
-                continue
-            message = json.loads(frame)
-            kind = message.get("type")
-            if kind == "audio.start":
-                print(f"[{message['sentence_index']}] {message['sentence_text']}", file=sys.stderr)
-            elif kind == "audio.done":
-                print(
-                    f"    first byte {message['first_byte_ms']} ms, "
-                    f"finish {message['finish_ms']} ms, {message['total_bytes']} bytes",
-                    file=sys.stderr,
-                )
-            elif kind == "error":
-                print(f"voxline say: {message['code']}: {message['message']}", file=sys.stderr)
-                status = 1
-            elif kind == "session.done":
-                break
-        await sender
-    if player is not None and player.stdin is not None:
-        player.stdin.close()
-        player.wait()
+        tally = Tally(tts.sample_rate, time.perf_counter())
+        audio = bytearray()
+        try:
+            status = await _speak(tts, args.text, tally, audio, player, out)
+        finally:
+            out.clear()
+            if player is not None and player.stdin is not None:
+                player.stdin.close()
+                player.wait()
     if args.output is not None:
         with open(args.output, "wb") as fh:
-            fh.write(wav_bytes(bytes(audio), rate))
-        seconds = len(audio) / 2 / rate
-        print(f"wrote {args.output}: {seconds:.2f} s of audio at {rate} Hz", file=sys.stderr)
+            fh.write(wav_bytes(bytes(audio), tally.rate))
+        out.log(f"wrote {args.output}: {tally.summary()}")
+    else:
+        out.log(f"played {tally.summary()}")
+    return status
+
+
+async def _speak(
+    tts: Client,
+    text: str | None,
+    tally: Tally,
+    audio: bytearray,
+    player: subprocess.Popen[bytes] | None,
+    out: StatusLine,
+) -> int:
+    status = 0
+    try:
+        async for event in tts.speak(_counted(_pieces(text), tally)):
+            if isinstance(event, Audio):
+                if tally.first_audio_ms is None:
+                    tally.first_audio_ms = (time.perf_counter() - tally.started) * 1000
+                    out.log(f"first audio after {tally.first_audio_ms:.0f} ms")
+                tally.audio_bytes += len(event.data)
+                audio += event.data
+                if player is not None and player.stdin is not None:
+                    player.stdin.write(event.data)
+                    player.stdin.flush()
+            elif isinstance(event, AudioStart):
+                out.log(f"[{event.sentence}] {event.text}")
+            elif isinstance(event, AudioDone):
+                tally.done += 1
+                out.log(
+                    f"    first byte {event.first_byte_ms} ms, finish {event.finish_ms} ms, "
+                    f"{event.total_bytes} bytes"
+                )
+                out.update(tally.status(), force=True)
+            elif isinstance(event, (SentenceError, ServerError)):
+                out.log(f"voxline say: {event.code}: {event.message}", always=True)
+                status = 1
+            out.update(tally.status())
+    except VoxlineError as exc:  # the connection was lost: keep what arrived
+        out.log(f"voxline say: {exc}", always=True)
+        status = 1
     return status
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
+from shared import metrics
 from shared.connections import Client, connect
 from shared.keys import Keys, cancel_tokens
 from shared.tasks import stop
@@ -115,6 +116,7 @@ class CancelListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                metrics.redis_error("cancel_listener")
                 log.warning("cancel channel lost (%s); resubscribing in %.2fs", exc, delay)
                 with contextlib.suppress(Exception):
                     await self._pubsub.aclose()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from redis.exceptions import ResponseError
 
+from shared import logs, metrics
 from shared.audio.formats import SentenceEncoder
 from shared.config import Settings
 from shared.connections import TRANSIENT_ERRORS, Client, connect
@@ -196,6 +197,7 @@ class Worker:
                 deliveries = await self._read(reader, shard, self._share(free), block_ms)
                 backoff.reset()
             except TRANSIENT_ERRORS as exc:  # before ResponseError: CLUSTERDOWN is one
+                metrics.redis_error("read")
                 delay = backoff.next()
                 log.warning(
                     "jobs shard %d unreachable (%s); retry in %.2fs", shard.index, exc, delay
@@ -220,6 +222,7 @@ class Worker:
                     await self._requeue(shard, deliveries[room:])
                     await self._registration.bump(handed_back=len(deliveries) - room)
                 except TRANSIENT_ERRORS as exc:
+                    metrics.redis_error("read")
                     # Still pending here: they look abandoned after claim_idle and are claimed.
                     log.warning("could not hand back %d jobs (%s)", len(deliveries) - room, exc)
                 deliveries = deliveries[:room]
@@ -270,6 +273,7 @@ class Worker:
         try:
             result = await self._recovery.claim(free)
         except TRANSIENT_ERRORS as exc:
+            metrics.redis_error("claim")
             log.warning("could not look for abandoned jobs (%s)", exc)
             return False
         except ResponseError as exc:
@@ -314,6 +318,7 @@ class Worker:
                 lost = await self._recovery.refresh(set(self._running))
                 unleased = await self._drop_orphans(unleased)
             except TRANSIENT_ERRORS as exc:
+                metrics.redis_error("refresh")
                 log.warning("could not refresh in-flight jobs (%s)", exc)
                 continue
             for key in lost:
@@ -382,6 +387,7 @@ class Worker:
         assert self._registration is not None and self._recovery is not None
         if running.lost:
             counts = {"lost": 1}
+        metrics.job_settled(counts)
         with contextlib.suppress(Exception):
             async with redis.pipeline(transaction=False) as pipe:
                 if running.lost:
@@ -402,6 +408,8 @@ class Worker:
         running: _Running,
         counts: dict[str, int],
     ) -> None:
+        logs.bind_job(job.session_id, job.utterance, job.sentence)  # this job's task only
+        metrics.job_started(job.sentence, job.enqueued_at, len(self._running))
         token = running.token = self.in_flight.add(job)
         try:
             publisher = SentencePublisher(
@@ -450,6 +458,7 @@ class Worker:
             extra=job.extra,
         )
         counts.update(started=1, chunks=0)
+        began, samples = time.perf_counter(), 0
         try:
             async with contextlib.aclosing(self.engine.synthesize(request, token)) as chunks:
                 async for chunk in chunks:
@@ -457,6 +466,7 @@ class Worker:
                         counts["chunks_after_cancel"] = 1
                         break
                     counts["chunks"] += 1
+                    samples += len(chunk.pcm)
                     if job.word_timestamps and chunk.words:
                         await publisher.send(EventKind.WORDS, [asdict(w) for w in chunk.words])
                     data = encoder.encode(chunk.pcm)
@@ -470,6 +480,7 @@ class Worker:
                 await publisher.send(EventKind.AUDIO, tail)
             await publisher.send(EventKind.DONE, publisher.audio_bytes)
             counts["completed"] = 1
+            metrics.synthesized(info.name, time.perf_counter() - began, samples, info.sample_rate)
         except EngineError as exc:
             counts["failed"] = 1
             await publisher.send(EventKind.ERROR, str(exc))
@@ -488,6 +499,7 @@ class Worker:
             # Redis went away under the sentence: an error event could not reach the front end
             # either, which fails the sentence itself (it notices the loss, or its deadline).
             counts["failed"] = 1
+            metrics.redis_error("job")
             log.warning(
                 "sentence %s/%d/%d cut off: Redis unreachable (%s)",
                 job.session_id,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shared import metrics
 from shared.capabilities import EngineInfo
 from shared.connections import Client
 from shared.keys import Keys
@@ -127,4 +128,5 @@ class Registration:
             try:
                 await self._beat()
             except Exception as exc:
+                metrics.redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared import metrics
+
 # Called with (channel, payload) for every message on a subscribed channel.
 Deliver = Callable[[bytes, bytes], None]
 # Called when messages may have been lost: on the given channels, or on all of them (None).
@@ -94,6 +96,7 @@ async def read_forever(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            metrics.redis_error("return_path")
             liveness.heard()  # a fresh connection is tried next
             failed(exc, backoff)
             await asyncio.sleep(backoff)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from dataclasses import dataclass, field
 
@@ -116,7 +117,11 @@ class ShardedSubscriber:
             except BaseException:
                 await self._close_node(node)
                 raise
-            node.reader = asyncio.create_task(self._read(node), name=f"voxline-return-{owner.name}")
+            # A fresh context: the session that happened to open the node must not lend its
+            # log fields (shared/logs.py) to a reader every session shares.
+            node.reader = asyncio.create_task(
+                self._read(node), name=f"voxline-return-{owner.name}", context=contextvars.Context()
+            )
             self._nodes[owner.name] = node
             self._update_connected()
             return node

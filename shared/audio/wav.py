@@ -65,6 +65,26 @@ def wav_bytes(
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def wav_stream_header(sample_rate: int) -> bytes:
+    """The header of a 16-bit mono WAV stream whose length is not known yet: s16le PCM
+    follows it. RIFF and data sizes are 0xFFFFFFFF, the usual convention for a live WAV;
+    readers take the data up to the end of the stream."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    fmt = struct.pack("<HHIIHH", PCM, 1, sample_rate, sample_rate * 2, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", _UNKNOWN_SIZE)
+        + b"WAVE"
+        + _chunk(b"fmt ", fmt)
+        + b"data"
+        + struct.pack("<I", _UNKNOWN_SIZE)
+    )
+
+
 def parse_wav(data: bytes) -> WavInfo:
     """Read a WAV file's format and data, skipping chunks it does not need (LIST, fact, ...)."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":

@@ -375,29 +375,34 @@ async def test_sessions_need_no_key_without_keys(pipeline: Pipeline) -> None:
         await _speaks(c)
 
 
-async def test_http_routes_need_a_key_except_healthz(redis_url: str, key_prefix: str) -> None:
+async def test_http_routes_need_a_key_except_probes(redis_url: str, key_prefix: str) -> None:
     async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
         async with httpx.AsyncClient(base_url=p.http) as http:
-            for path in ("/readyz", "/openapi.json", "/docs", "/no/such/route"):
+            for path in ("/v1/voices", "/v1/models", "/openapi.json", "/docs", "/no/such/route"):
                 for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
                     refused = await http.get(path, headers=headers)
                     assert refused.status_code == 401, path
                     assert refused.headers["www-authenticate"] == "Bearer"
                     body = refused.json()["error"]
                     assert body["type"] == body["code"] == "unauthorized" and body["message"]
+            speech = await http.post("/v1/audio/speech", json={"input": "Hello."})
+            assert speech.status_code == 401
             bearer = {"Authorization": f"Bearer {KEY}"}
-            ready = await http.get("/readyz", headers=bearer)
-            assert ready.status_code == 200 and ready.json()["workers"] == 1
-            assert (await http.get("/readyz", params={"api_key": OTHER_KEY})).status_code == 200
+            voices = await http.get("/v1/voices", headers=bearer)
+            assert voices.status_code == 200 and voices.json()["workers"] == 1
+            assert (await http.get("/v1/voices", params={"api_key": OTHER_KEY})).status_code == 200
             # The subprotocol form is a WebSocket thing: it opens no HTTP route.
             sub = {"Sec-WebSocket-Protocol": f"token, {KEY}"}
-            assert (await http.get("/readyz", headers=sub)).status_code == 401
+            assert (await http.get("/v1/voices", headers=sub)).status_code == 401
             assert (await http.get("/no/such/route", headers=bearer)).status_code == 404
+            # Probes answer without a key: orchestrators send none.
             for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
                 health = await http.get("/healthz", headers=headers)
                 assert health.status_code == 200 and health.json() == {"status": "ok"}
+                ready = await http.get("/readyz", headers=headers)
+                assert ready.status_code == 200 and ready.json()["workers"] == 1
             await p.stop_workers()
-            not_ready = await http.get("/readyz", headers=bearer)
+            not_ready = await http.get("/readyz")
             assert not_ready.status_code == 503
 
 
@@ -415,9 +420,13 @@ async def test_allowed_origins(redis_url: str, key_prefix: str, with_keys: bool)
             await _refused(c, "forbidden_origin", 1008)
         async with httpx.AsyncClient(base_url=p.http) as http:
             bearer = {"Authorization": f"Bearer {KEY}"}
-            evil = await http.get("/readyz", headers={**bearer, "Origin": "https://evil.example"})
+            evil = await http.get(
+                "/v1/voices", headers={**bearer, "Origin": "https://evil.example"}
+            )
             assert evil.status_code == 403 and evil.json()["error"]["code"] == "forbidden_origin"
-            good = await http.get("/readyz", headers={**bearer, "Origin": "http://localhost:3000"})
+            good = await http.get(
+                "/v1/voices", headers={**bearer, "Origin": "http://localhost:3000"}
+            )
             assert good.status_code == 200
             assert (await http.get("/healthz", headers={"Origin": "https://x"})).status_code == 200
 

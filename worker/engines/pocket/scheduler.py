@@ -21,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from shared import metrics
 from worker.engines.base import Cancellation, EngineError
 from worker.engines.pocket.backbone import Backbone, Sentence
 from worker.engines.pocket.capacity import CapacityModel
@@ -203,6 +204,7 @@ class Scheduler:
         stats.steps += 1
         stats.frames += len(latents)
         stats.max_batch = max(stats.max_batch, len(latents))
+        metrics.engine_step(len(latents))
         stats.backbone_s += backbone_done - started
         stats.decoder_s += finished - backbone_done
         if not admitted:  # prefill spikes are transient: fit the steady step cost only

@@ -1,0 +1,337 @@
+"""OpenAI-compatible `POST /v1/audio/speech`, through the same sessions, queue and workers as
+the WebSocket.
+
+The request runs as a `Session` on an in-process socket (api/inproc.py): the text is split,
+queued sentence by sentence, synthesized in parallel and relayed in order. The workers send
+PCM at the asked rate; this module encodes one stream for the whole response (one Ogg, MP3,
+ADTS or FLAC stream; a WAV of unknown length) and sends it as chunked bytes or as
+server-sent events.
+
+Statuses mean what they say: the response starts only once the first audio is there, so
+anything that fails before it is a 4xx/5xx with an OpenAI-style body. A sentence that fails
+after audio went out aborts the response (the client sees a broken transfer, never a 200
+that ends normally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
+
+from api.errors import HTTPError, ResponseAborted, documented
+from api.hub import Hub
+from api.inproc import Closed, Frame, LocalSocket
+from api.session import Session
+from shared.audio.codecs import MEDIA_TYPES, StreamEncoder, check_rate, default_rate
+from shared.audio.wav import wav_stream_header
+from shared.config import Settings
+from shared.protocol import AudioFormat, ErrorCode
+
+log = logging.getLogger("voxline.api.speech")
+
+PATH = "/v1/audio/speech"
+# OpenAI's model names; each means "the pool's engine" (listed by GET /v1/models).
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+# OpenAI's `pcm` is 24 kHz; a client reading raw samples cannot learn another rate.
+OPENAI_PCM_RATE = 24000
+# The text goes to the session in pieces under its per-message limit.
+PIECE_CHARS = 8192
+SSE = "text/event-stream"
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's speech request, plus voxline's `sample_rate` and `language`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: Annotated[str, Field(min_length=1, description="The text to speak")]
+    model: str | None = Field(
+        None, description="An engine from GET /v1/models (OpenAI's names mean the pool's engine)"
+    )
+    voice: str | None = Field(
+        None, description="A voice from GET /v1/voices; default: the engine's"
+    )
+    response_format: AudioFormat = "mp3"
+    speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
+    instructions: str | None = Field(None, description="Only for engines that design voices")
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="audio: the file as chunked bytes; sse: speech.audio.delta events"
+    )
+    sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = Field(
+        None, description="(voxline) output rate; default: the format's (pcm: 24000)"
+    )
+    language: str = Field("Auto", description="(voxline) a language the engine lists, or Auto")
+
+
+# One server-sent event, as OpenAPI 3.1 describes an event stream's items.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["type", "audio"],
+                        "properties": {
+                            "type": {"const": "speech.audio.delta"},
+                            "audio": {"type": "string", "contentEncoding": "base64"},
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type", "audio_bytes"],
+                        "properties": {
+                            "type": {"const": "speech.audio.done"},
+                            "audio_bytes": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                ]
+            },
+        },
+    },
+}
+
+
+def speech_router(settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["speech"])
+    schema = SpeechRequest.model_json_schema()
+    schema["properties"]["input"]["maxLength"] = settings.max_buffer_chars
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content: dict[str, Any] = {media: binary for media in sorted(set(MEDIA_TYPES.values()))}
+    content[SSE] = {"schema": _SSE_EVENT}
+
+    @router.post(
+        PATH,
+        summary="Speak a text (OpenAI-compatible)",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+        },
+        response_class=Response,
+        responses={
+            200: {"description": "The audio, streamed as it is made", "content": content},
+            **documented(400, 401, 413, 422, 429, 500, 503),
+        },
+    )
+    async def create_speech(request: Request) -> Response:
+        try:
+            return await _speak(request, request.app.state.hub)
+        except HTTPError as exc:
+            return exc.response()
+
+    return router
+
+
+async def _speak(request: Request, hub: Hub) -> Response:
+    settings = hub.settings
+    req = _parse(await _body(request, settings), settings)
+    engine = await _available(hub)
+    fmt = req.response_format
+    rate = req.sample_rate or (
+        OPENAI_PCM_RATE if fmt == "pcm" else default_rate(fmt, engine.sample_rate)
+    )
+    if problem := check_rate(fmt, rate):
+        raise HTTPError(400, problem, code="invalid_value", param="sample_rate")
+    if req.model is not None and req.model not in OPENAI_MODELS and req.model != engine.name:
+        raise HTTPError(
+            400,
+            f"model {req.model!r} is not served here; GET /v1/models lists "
+            f"{[engine.name, *OPENAI_MODELS]}",
+            code="model_not_found",
+            param="model",
+        )
+    config: dict[str, Any] = {
+        "type": "session.config",
+        "response_format": "pcm",
+        "stream_audio": True,
+        "sample_rate": rate,
+        "speed": req.speed,
+        "language": req.language,
+    }
+    for name in ("voice", "instructions"):
+        if (value := getattr(req, name)) is not None:
+            config[name] = value
+
+    sock = LocalSocket()
+    task = asyncio.create_task(Session(sock, hub).run(), name="rest-session")
+    try:
+        sock.send(config)
+        ready = await sock.next()
+        if not isinstance(ready, dict) or ready.get("type") != "session.ready":
+            raise _refusal(ready)
+        for start in range(0, len(req.input), PIECE_CHARS):
+            sock.send({"type": "input.text", "text": req.input[start : start + PIECE_CHARS]})
+        sock.send({"type": "session.close"})  # deliver everything, then close
+        head = await _until_audio(sock)
+    except BaseException:
+        await _end(sock, task)
+        raise
+    encoder = StreamEncoder(fmt, rate)
+    stream = _stream(sock, task, encoder, head, wav=fmt == "wav", rate=rate)
+    headers = {"X-Sample-Rate": str(rate), "X-Voxline-Engine": engine.name}
+    if req.stream_format == "sse":
+        return StreamingResponse(_sse(stream), media_type=SSE, headers=headers)
+    return StreamingResponse(stream, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+async def _body(request: Request, settings: Settings) -> bytes:
+    """The body, refused with 413 before it is read whole when it cannot fit the limit."""
+    # UTF-8 takes at most 4 bytes a character, JSON escapes 6 (\\uXXXX); plus the other fields.
+    limit = settings.max_buffer_chars * 6 + 64 * 1024
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(settings)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise _too_large(settings)
+    return bytes(body)
+
+
+def _parse(body: bytes, settings: Settings) -> SpeechRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise HTTPError(400, "the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "the body must be a JSON object", code="invalid_json")
+    try:
+        req = SpeechRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise HTTPError(
+            422, f"{param}: {message}" if param else message, code="invalid_value", param=param
+        ) from None
+    if len(req.input) > settings.max_buffer_chars:
+        raise _too_large(settings)
+    return req
+
+
+def _too_large(settings: Settings) -> HTTPError:
+    return HTTPError(
+        413,
+        f"input is over the limit of {settings.max_buffer_chars} characters",
+        code="text_too_large",
+        param="input",
+    )
+
+
+async def _available(hub: Hub) -> Any:
+    """The pool's engine; 503 when nothing can serve, 429 when everything is busy."""
+    if hub.draining:
+        raise HTTPError(503, "the server is shutting down", code="unavailable")
+    if not hub.returns.connected.is_set():
+        raise HTTPError(503, "Redis is unreachable; try again later", code="unavailable")
+    try:
+        engine, _ = await hub.pool.engine()
+        busy = await hub.overloaded() if engine is not None else None
+    except (RedisError, OSError):
+        raise HTTPError(503, "Redis is unreachable; try again later", code="unavailable") from None
+    if engine is None:
+        raise HTTPError(503, "no TTS worker is alive; try again later", code="no_worker")
+    if busy is not None:
+        raise HTTPError(429, busy, code="overloaded")
+    return engine
+
+
+_STATUS = {
+    str(ErrorCode.INVALID_CONFIG): 400,
+    str(ErrorCode.TEXT_TOO_LARGE): 413,
+    str(ErrorCode.OVERLOADED): 503,
+    str(ErrorCode.GENERATION_FAILED): 500,
+}
+
+
+def _refusal(frame: Frame) -> HTTPError:
+    """The session's error message (or its close) as an HTTP error."""
+    if isinstance(frame, dict) and frame.get("type") == "error":
+        code = str(frame.get("code"))
+        return HTTPError(
+            _STATUS.get(code, 500), str(frame.get("message")), code=code, param=frame.get("field")
+        )
+    return HTTPError(500, "the session ended before any audio", code="internal")
+
+
+async def _until_audio(sock: LocalSocket) -> list[Frame]:
+    """Frames up to the first audio or the end; raises when something failed first."""
+    head: list[Frame] = []
+    while True:
+        frame = await sock.next()
+        if isinstance(frame, dict) and frame.get("type") == "error":
+            raise _refusal(frame)
+        head.append(frame)
+        if isinstance(frame, bytes | Closed):
+            if isinstance(frame, Closed) and frame.code != 1000:
+                raise _refusal(frame)
+            return head
+
+
+async def _stream(
+    sock: LocalSocket,
+    task: asyncio.Task[None],
+    encoder: StreamEncoder,
+    head: list[Frame],
+    *,
+    wav: bool,
+    rate: int,
+) -> AsyncIterator[bytes]:
+    try:
+        if wav:
+            yield wav_stream_header(rate)
+        pending = list(head)
+        while True:
+            frame = pending.pop(0) if pending else await sock.next()
+            if isinstance(frame, bytes):
+                out = encoder.encode(frame)
+            elif isinstance(frame, Closed):
+                if frame.code != 1000:
+                    raise ResponseAborted(f"the session closed with {frame.code}")
+                if out := encoder.close():
+                    yield out
+                return
+            elif frame.get("type") == "audio.done":
+                # The sentence is complete: drain the encoder so it is all heard now.
+                out = encoder.end_sentence()
+            elif frame.get("type") == "error":
+                raise ResponseAborted(str(frame.get("message")))
+            else:
+                continue
+            if out:
+                yield out
+    finally:
+        await _end(sock, task)
+
+
+async def _sse(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        delta = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
+        yield b"data: " + json.dumps(delta).encode() + b"\n\n"
+    done = {"type": "speech.audio.done", "audio_bytes": total}
+    yield b"data: " + json.dumps(done).encode() + b"\n\n"
+
+
+async def _end(sock: LocalSocket, task: asyncio.Task[None]) -> None:
+    """Stop the session (a no-op once it closed): its outstanding work is cancelled."""
+    if not task.done():
+        sock.disconnect()
+        await asyncio.wait({task}, timeout=10)
+        if not task.done():
+            log.warning("a REST session did not end within 10 s of its request")

@@ -1,0 +1,38 @@
+"""Test helpers: decode what voxline sent, and look at it."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+
+from shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16
+
+# PyAV's demuxer names for the containers voxline writes.
+CONTAINERS = {"mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "wav": "wav"}
+
+
+def decode(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
+    """Mono float samples in -1..1 and their rate. Raw formats are read at `rate`; the
+    others are demuxed as ONE stream, so a second stream or a broken page fails here."""
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32768, rate
+    if fmt in ("mulaw", "alaw"):
+        pcm = (mulaw_to_pcm16 if fmt == "mulaw" else alaw_to_pcm16)(data)
+        return pcm.astype(np.float32) / 32768, rate
+    with av.open(io.BytesIO(data), format=CONTAINERS[fmt]) as container:
+        (stream,) = container.streams.audio
+        parts = [
+            frame.to_ndarray().astype(np.float32).reshape(-1) for frame in container.decode(stream)
+        ]
+        out_rate = stream.codec_context.sample_rate
+    samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if samples.size and np.abs(samples).max() > 2:  # integer sample formats
+        samples = samples / 32768
+    return samples, out_rate
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
