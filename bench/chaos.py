@@ -44,6 +44,7 @@ from procs import LoadConfig, SentenceRecord, Stack, Tally, session_slot
 
 from shared.keys import JOBS_GROUP, Keys
 from shared.wire import Job
+from voxline.progress import note
 
 # Recovery timings, set through VOXLINE_* in every process (defaults: 3 / 2 / 10).
 SETTINGS = {"claim_idle": "1.0", "heartbeat_interval": "0.5", "worker_ttl": "3"}
@@ -187,9 +188,16 @@ async def run(args: argparse.Namespace) -> dict:
             rng, args.worker_kills, args.redis_restarts, args.warmup, args.duration - args.tail
         )
         chaos_task = asyncio.create_task(chaos(stack, rng, plan, began, faults))
-        await asyncio.sleep(args.duration)
+        while (left := began + args.duration - time.monotonic()) > 0:
+            await asyncio.sleep(min(10.0, left))
+            note(
+                f"load {time.monotonic() - began:.0f}/{args.duration:g} s: "
+                f"{len(tally.records)} sentences, {tally.count('delivered')} delivered, "
+                f"{tally.count('errored')} errored, {len(faults)}/{len(plan)} faults"
+            )
         await chaos_task
         stop.set()
+        note("load ended; letting every session finish its utterance")
         # Every slot finishes its utterance in flight; one that hangs is cut at hung_after.
         _, late = await asyncio.wait(slots, timeout=args.hung_after + 30)
         for task in late:

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from voxline.progress import note  # noqa: E402
 from worker.engines.base import Cancellation, SynthesisRequest  # noqa: E402
 from worker.engines.pocket.checkpoint import build_checkpoint  # noqa: E402
 from worker.engines.pocket.engine import PocketTTSEngine  # noqa: E402
@@ -133,12 +134,16 @@ async def main() -> None:
     directory = args.model
     if directory is None:
         directory = tempfile.mkdtemp(prefix="pocket-full-")
+        note(f"building a real-size checkpoint with random weights in {directory}")
         # An end-of-speech bias that never fires: every sentence runs exactly `frames`.
         build_checkpoint(directory, size="full", eos_bias=-20.0)
     engine = PocketTTSEngine(
         model=directory, device=args.device, dtype=args.dtype, max_slots=max(ns), seed=1
     )
+    note(f"loading pocket-tts from {directory}")
+    began = time.perf_counter()
     await engine.start()
+    note(f"loaded in {time.perf_counter() - began:.1f} s")
     device = engine.device
     hardware = (
         torch.cuda.get_device_name(device)
@@ -152,6 +157,7 @@ async def main() -> None:
 
     rate = engine.info.sample_rate
     # On the engine's own torch thread, between scheduler steps: the same footing for both.
+    note(f"baseline: {max(ns)} sentences, one generate() after another")
     base_runs = await asyncio.wrap_future(
         engine.scheduler.call(lambda: run_baseline(engine, max(ns), frames))
     )
@@ -164,6 +170,7 @@ async def main() -> None:
     )
     print(header)
     for n in ns:
+        note(f"batched: N={n} sentences at once ({ns.index(n) + 1}/{len(ns)})")
         engine.scheduler.stats = Stats()
         batched[n] = await run_scheduler(engine, n, frames)
         st = engine.scheduler.stats

@@ -25,6 +25,7 @@ import websockets
 from api.app import create_app
 from shared.config import Settings
 from shared.connections import connect
+from voxline.progress import note
 from worker.consumer import Worker
 from worker.engines import load_engine
 
@@ -114,8 +115,11 @@ async def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
-    await redis_hop(args.redis_url, 20)  # warm-up
+    note("warm-up: 20 Redis hops")
+    await redis_hop(args.redis_url, 20)
+    note(f"redis hop (baseline): {args.n} rounds")
     base = report("redis hop (baseline)", await redis_hop(args.redis_url, args.n))
+    note(f"pipeline first audio: {args.n} sentences")
     full = report("pipeline first audio", await pipeline(args.redis_url, args.n))
     print(f"ratio pipeline/baseline (p50): {full / base:.1f}x")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from procs import LoadConfig, Stack, Tally, rss_mib, session_slot
 
 from shared.keys import Keys
+from voxline.progress import note
 
 SETTINGS = {"session_ttl": "5"}
 WORKERS = 2
@@ -67,7 +68,9 @@ async def run(args: argparse.Namespace) -> dict:
             for _ in range(args.sessions)
         ]
         began = time.monotonic()
+        note(f"warm-up: {warmup:.0f} s of load before the first RSS sample")
         await asyncio.sleep(warmup)
+        note(f"load: {duration:.0f} s, sampling RSS every {args.sample_every:g} s")
         samples.append((time.monotonic() - began, sample(stack)))
         while (left := duration - (time.monotonic() - began)) > 0:
             await asyncio.sleep(min(args.sample_every, left))
@@ -77,6 +80,7 @@ async def run(args: argparse.Namespace) -> dict:
             print(f"  t={at:6.1f} s  RSS MiB: {shown}  sentences {len(tally.records)}", flush=True)
         keys_end_of_load = stack.redis.dbsize()
         stop.set()
+        note("load ended; closing every session, then waiting for the Redis key count")
         _, late = await asyncio.wait(slots, timeout=LoadConfig().hung_after + 30)
         for task in late:
             task.cancel()

@@ -74,6 +74,7 @@ class VoxlineTTSService(TTSService):
         word_timestamps: bool = True,
         sample_rate: int | None = None,
         config: dict[str, Any] | None = None,
+        settings: TTSSettings | None = None,
         **kwargs: Any,
     ) -> None:
         """Args:
@@ -83,15 +84,20 @@ class VoxlineTTSService(TTSService):
         word_timestamps: ask for `audio.words` and push word-timed TTSTextFrames; False for
             an engine that cannot time words (the server refuses the config otherwise).
         sample_rate: output rate (default: the pipeline's audio_out_sample_rate).
-        config: more `session.config` fields (`speed`, `language`, `split_granularity`...).
+        config: more `session.config` fields (`speed`, `split_granularity`...).
+        settings: pipecat's runtime settings (`voice`; `language`: a language the engine
+            lists); a change of either opens a new connection.
         **kwargs: passed to pipecat's TTSService (`text_aggregation_mode`, ...).
         """
+        store = TTSSettings(model=None, voice=voice, language=None)
+        if settings is not None:
+            store.apply_update(settings)
         super().__init__(
             sample_rate=sample_rate,
             # With word timestamps, the words are pushed as they are heard instead.
             push_text_frames=not word_timestamps,
             push_start_frame=True,
-            settings=TTSSettings(model=None, voice=voice, language=None),
+            settings=store,
             **kwargs,
         )
         self._url = url

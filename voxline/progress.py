@@ -60,3 +60,13 @@ class StatusLine:
             self.stream.write(CLEAR_LINE)
             self.stream.flush()
             self._text = ""
+
+
+_STARTED = time.monotonic()
+
+
+def note(message: str, stream: TextIO | None = None) -> None:
+    """A progress line on stderr, stamped with the seconds since the process started: stdout
+    keeps only results (the benchmarks print their JSON as its last line)."""
+    elapsed = time.monotonic() - _STARTED
+    print(f"[{elapsed:7.1f} s] {message}", file=stream or sys.stderr, flush=True)

@@ -1,4 +1,8 @@
-"""Output formats, and the per-sentence encoder a worker feeds engine chunks through."""
+"""Output formats, and the per-sentence encoder a worker feeds engine chunks through.
+
+These are the stateless formats a worker encodes itself; the compressed ones (mp3, opus,
+aac, flac) and a connection-long stream of any format are in `shared.audio.codecs`.
+"""
 
 from __future__ import annotations
 

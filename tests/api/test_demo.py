@@ -360,6 +360,6 @@ async def test_odd_frames_and_frames_in_flight_at_barge_in(redis_url: str, key_p
         await until(page, "demo.stats.cancelled === 1")
         seen = await stats(page)
         assert seen["scheduledChunks"] == 3, "a frame of a cancelled sentence was scheduled"
-        assert seen["playing"] == 0
+        await until(page, "demo.stats.playing === 0", timeout=600)  # after the short fade-out
         rows = await sentence_rows(page)
         assert [(row[0], row[-1]) for row in rows] == [("0.1", "cancelled"), ("0.0", "cancelled")]

@@ -103,7 +103,7 @@ async def test_no_config_within_config_timeout(redis_url: str, key_prefix: str) 
     [
         ({"voice": "nobody"}, "voice"),
         ({"response_format": "ogg"}, "response_format"),
-        ({"response_format": "opus"}, "response_format"),
+        ({"response_format": "opus", "sample_rate": 44100}, "sample_rate"),
         ({"stream_audio": "yes"}, "stream_audio"),
         ({"response_format": "wav", "stream_audio": True}, "stream_audio"),
         ({"sample_rate": 7999}, "sample_rate"),

@@ -45,6 +45,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from api.splitter import SentenceSplitter
+from shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
 from shared.capabilities import EngineInfo
 from shared.connections import drop_memory_server
 from shared.protocol import ErrorCode, ProtocolError, parse_client_message, parse_config
@@ -92,8 +93,8 @@ CLIENT_TYPES = (
     "input.done",
     "session.close",
 )
-FORMATS = ("wav", "pcm", "mulaw", "alaw")
-STREAMABLE = ("pcm", "mulaw", "alaw")
+FORMATS = ALL_FORMATS
+STREAMABLE = tuple(f for f in ALL_FORMATS if f != "wav")
 COMPAT_FIELDS = (
     "instructions",
     "max_new_tokens",
@@ -177,6 +178,9 @@ def config_problems(data: dict[str, Any]) -> set[str]:
     fmt = body.get("response_format", "wav")
     if body.get("stream_audio") is True and fmt not in STREAMABLE:
         bad.add("stream_audio")
+    rate = body.get("sample_rate")
+    if FIELD_OK["sample_rate"](rate) and fmt in FORMATS and rate and check_rate(fmt, rate):
+        bad.add("sample_rate")  # a rate this format cannot carry (opus at 44100)
     return bad
 
 
@@ -286,7 +290,7 @@ class Model:
             ]
         self.configured = True
         self.fmt = data.get("response_format", "wav")
-        self.rate = data.get("sample_rate") or TONE_RATE
+        self.rate = data.get("sample_rate") or default_rate(self.fmt, TONE_RATE)
         self.stream = data.get("stream_audio", False)
         self.granularity = data.get("split_granularity", "sentence")
         ready = {
@@ -691,7 +695,7 @@ valid_config_fields: dict[str, st.SearchStrategy[Any]] = {
 OUT_OF_RANGE: dict[str, list[Any]] = {
     "speed": [0.2499, 4.0001, 0, -1, 1e9, 5, "1.0", True, None],
     "sample_rate": [7999, 48001, 0, -8000, 16000.0, 2**63, 10**400, "16000", True],
-    "response_format": ["opus", "mp3", "flac", "ogg", "PCM", "", " wav", None],
+    "response_format": ["ogg", "vorbis", "MP3", "PCM", "", " wav", None],
     "voice": ["nobody", "", "TONE-MID", "tone-mid ", 7, "\ud800"],
     "stream_audio": ["yes", 1, 0, None],
     "language": ["en", "auto", "", None],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 
 import pytest
 
@@ -157,3 +159,20 @@ async def test_a_lost_connection_raises_from_events(redis_url: str, key_prefix: 
         with pytest.raises(VoxlineError) as expired:
             await collect(tts.speak(LONG))
     assert expired.value.code == "session_expired" and expired.value.close_code == 1008
+
+
+def test_everything_but_the_adapter_imports_without_pipecat() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['pipecat'] = None  # as if the extra were not installed\n"
+        "import voxline.cli, voxline.client, voxline.say\n"
+        "try:\n"
+        "    import voxline.pipecat\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'voxline[pipecat]'" in result.stdout
