@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 try:
-    from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
+    from pipecat.frames.frames import (
+        CancelFrame,
+        EndFrame,
+        ErrorFrame,
+        Frame,
+        StartFrame,
+        TTSAudioRawFrame,
+        TTSStoppedFrame,
+    )
     from pipecat.services.settings import TTSSettings
     from pipecat.services.tts_service import TTSService
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -122,18 +130,18 @@ class VoxlineTTSService(TTSService):
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, frame: Any) -> None:
+    async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         await self._connect()
 
-    async def stop(self, frame: Any) -> None:
+    async def stop(self, frame: EndFrame) -> None:
         # The pipeline ends: the open turn's last words play before the contexts drain.
         await self.flush_audio()
         self._ending = True
         await super().stop(frame)
         await self._disconnect()
 
-    async def cancel(self, frame: Any) -> None:
+    async def cancel(self, frame: CancelFrame) -> None:
         await super().cancel(frame)
         await self._disconnect()
 
@@ -266,8 +274,8 @@ class VoxlineTTSService(TTSService):
                 # The connection is gone: end the contexts that wait for it (the next turn
                 # connects again) rather than let each one time out.
                 await self.push_error(error_msg=f"voxline: {exc}")
-                for lost in [turn, *self._turns]:
-                    await self._end_context(lost.context_id)
+                for context_id in dict.fromkeys(t.context_id for t in [turn, *self._turns]):
+                    await self._end_context(context_id)
                 self._turns.clear()
                 self._open = None
                 return

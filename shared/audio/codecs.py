@@ -428,7 +428,8 @@ class StreamEncoder:
 
 
 def encode_file(fmt: str, pcm: bytes, rate: int) -> bytes:
-    """`pcm` (s16le mono at `rate`) as one complete, standalone file of `fmt`."""
+    """`pcm` (s16le mono at `rate`) as one complete, standalone file of `fmt`. (An empty
+    `pcm` makes an empty file, or one of headers only, which some demuxers refuse.)"""
     if problem := check_rate(fmt, rate):
         raise ValueError(problem)
     samples = _samples(pcm)

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("pipecat")
 
 from pipecat.frames.frames import (  # noqa: E402
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -91,3 +92,22 @@ async def test_an_interruption_cancels_and_later_text_speaks(
     spoken = of(TTSAudioRawFrame, after)
     assert spoken and {f.context_id for f in spoken} != {first}
     assert isinstance(of(TTSStoppedFrame, after)[-1], TTSStoppedFrame)
+
+
+async def test_a_lost_connection_is_reported_and_the_next_turn_reconnects(
+    redis_url: str, key_prefix: str
+) -> None:
+    long = " ".join(f"Sentence {i} takes about a second at real time." for i in range(6))
+    paced = {"rtf": "1.0", "chunk_ms": "20"}
+    async with start_pipeline(
+        redis_url, key_prefix, engine_options=paced, max_session_seconds=1.0
+    ) as p:
+        tts = VoxlineTTSService(url=p.url)
+        frames = [*turn(long), SleepFrame(1.5), TTSSpeakFrame("Again.")]
+        down, up = await run_test(tts, frames_to_send=frames, pipeline_params=PARAMS)
+    errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+    assert any("session_expired" in e for e in errors), errors
+    starts = of(TTSStartedFrame, down)
+    assert len(starts) == 2 and len(of(TTSStoppedFrame, down)) == 2
+    again = [f for f in of(TTSAudioRawFrame, down) if f.context_id == starts[1].context_id]
+    assert again  # spoken on a new connection
