@@ -23,10 +23,15 @@ def decode(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
         return pcm.astype(np.float32) / 32768, rate
     with av.open(io.BytesIO(data), format=CONTAINERS[fmt]) as container:
         (stream,) = container.streams.audio
-        parts = [
-            frame.to_ndarray().astype(np.float32).reshape(-1) for frame in container.decode(stream)
-        ]
-        out_rate = stream.codec_context.sample_rate
+        # libopus, as browsers use: ffmpeg's own Opus decoder gets some speech-mode frames wrong.
+        codec = stream.codec_context
+        if fmt == "opus":
+            codec = av.CodecContext.create("libopus", "r")
+            codec.extradata = stream.codec_context.extradata  # the OpusHead: mono, pre-skip
+        # demux() ends with an empty packet, which flushes the decoder.
+        frames = (f for packet in container.demux(stream) for f in codec.decode(packet))
+        parts = [frame.to_ndarray().astype(np.float32).reshape(-1) for frame in frames]
+        out_rate = codec.sample_rate or stream.codec_context.sample_rate
     samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if samples.size and np.abs(samples).max() > 2:  # integer sample formats
         samples = samples / 32768

@@ -307,10 +307,10 @@ def _log_loading(engine, name: str, model: str | None) -> None:  # type: ignore[
     log = logging.getLogger("voxline")
 
     async def timed_start() -> None:
-        log.info("loading engine %s%s...", name, source)
+        log.info("loading the %s engine%s...", name, source)
         began = time.perf_counter()
         await start()
-        log.info("engine %s loaded in %.1f s", name, time.perf_counter() - began)
+        log.info("%s engine loaded in %.1f s", name, time.perf_counter() - began)
 
     engine.start = timed_start
 

@@ -18,7 +18,7 @@ MS_PER_CHAR = 60.0  # the tone engine's default: each sentence lasts 60 ms per c
 SECONDS = sum(len(s) for s in SENTENCES) * MS_PER_CHAR / 1000
 TONE_HZ = {"tone-mid": 440.0, "tone-high": 880.0}
 # What an encoder may add: silence padding a frame at each sentence end, plus its delay.
-PAD_PER_SENTENCE_S = 0.12
+PAD_PER_SENTENCE_S = 0.15
 MEDIA = {
     "mp3": "audio/mpeg",
     "opus": "audio/ogg",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from voxline.client import (
     AudioDone,
     AudioStart,
     Cancelled,
+    Client,
     Event,
     UtteranceDone,
     VoxlineError,
@@ -176,3 +178,66 @@ def test_everything_but_the_adapter_imports_without_pipecat() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'voxline[pipecat]'" in result.stdout
+
+
+class ScriptedSocket:
+    """A server side played by the test: what the client sends is recorded, `reply` feeds it."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []  # type: ignore[type-arg]
+        self.frames: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    async def send(self, data: str) -> None:
+        self.sent.append(json.loads(data))
+
+    def reply(self, *messages: dict | bytes) -> None:  # type: ignore[type-arg]
+        for m in messages:
+            self.frames.put_nowait(m if isinstance(m, bytes) else json.dumps(m))
+
+    async def close(self) -> None:
+        self.close_code = 1000
+        self.frames.put_nowait(None)
+
+    def __aiter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        frame = await self.frames.get()
+        if frame is None:
+            raise StopAsyncIteration
+        return frame
+
+
+async def test_a_cancel_that_races_the_end_of_its_utterance() -> None:
+    # The server sent session.done before it read input.cancel: it then cancels an empty
+    # utterance of its own (index 1), and the next utterance of the client is index 2.
+    ws = ScriptedSocket()
+    tts = Client(ws, {"type": "session.ready", "session_id": "s", "sample_rate": 8000})  # type: ignore[arg-type]
+    first = tts.events()
+    await tts.send("Hi.")
+    await tts.done()
+    ws.reply({"type": "audio.start", "utterance_index": 0, "sentence_index": 0}, b"\0\0")
+    assert isinstance(await anext(first), AudioStart)
+    await tts.cancel()
+    second = await tts.send("Next.")
+    ws.reply(
+        b"\1\1",  # audio of utterance 0 already on the wire: dropped
+        {"type": "audio.done", "utterance_index": 0, "sentence_index": 0, "total_bytes": 4},
+        {"type": "session.done", "utterance_index": 0, "total_sentences": 1},
+        {"type": "input.cancelled", "utterance_index": 1, "cancelled_sentences": []},
+        {"type": "audio.start", "utterance_index": 2, "sentence_index": 0},
+        b"\2\2",
+    )
+    assert [ws_msg["type"] for ws_msg in ws.sent] == [
+        "input.text", "input.done", "input.cancel", "input.text"
+    ]  # fmt: skip
+    assert await anext(first) == Cancelled(0, ())
+    events = tts.events()
+    assert await anext(events) == AudioStart(2, 0, "", "", 0)
+    assert await anext(events) == Audio(b"\2\2", 2, 0)
+    assert second is not None and second.index == 2
+    await tts.aclose()
+    with pytest.raises(VoxlineError, match="closed"):
+        await anext(events)

@@ -100,10 +100,10 @@ async def test_a_lost_connection_is_reported_and_the_next_turn_reconnects(
     long = " ".join(f"Sentence {i} takes about a second at real time." for i in range(6))
     paced = {"rtf": "1.0", "chunk_ms": "20"}
     async with start_pipeline(
-        redis_url, key_prefix, engine_options=paced, max_session_seconds=1.0
+        redis_url, key_prefix, engine_options=paced, max_session_seconds=1.5
     ) as p:
         tts = VoxlineTTSService(url=p.url)
-        frames = [*turn(long), SleepFrame(1.5), TTSSpeakFrame("Again.")]
+        frames = [*turn(long), SleepFrame(2.0), TTSSpeakFrame("Again.")]
         down, up = await run_test(tts, frames_to_send=frames, pipeline_params=PARAMS)
     errors = [f.error for f in up if isinstance(f, ErrorFrame)]
     assert any("session_expired" in e for e in errors), errors
