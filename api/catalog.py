@@ -77,6 +77,6 @@ def catalog_router() -> APIRouter:
 
 async def _engine(request: Request) -> tuple[EngineInfo | None, int]:
     try:
-        return await request.app.state.hub.pool.engine()
+        return await request.app.state.hub.pool.engine(max_age=0)  # as the workers are now
     except (RedisError, OSError):
         raise HTTPError(503, "Redis is unreachable; try again later", code="unavailable") from None

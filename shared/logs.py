@@ -87,6 +87,9 @@ class JsonFormatter(logging.Formatter):
 _installed: list[logging.Handler] = []
 
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """One handler on the root logger (stderr) for every logger, uvicorn's included when it
     is started with `log_config=None`. A second call replaces the first one's handler only
@@ -102,3 +105,9 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(_installed.pop())
     root.addHandler(handler)
     _installed.append(handler)
+    for name in UVICORN_LOGGERS:
+        # A uvicorn configured earlier in the process (its default dictConfig) gave these their
+        # own handlers and cut them off from the root: hand them back to this one.
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
