@@ -110,4 +110,5 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         # own handlers and cut them off from the root: hand them back to this one.
         logger = logging.getLogger(name)
         logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
         logger.propagate = True
