@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from api import demo
 from api.auth import Authenticator, AuthMiddleware, KeySessions, describe, install_log_redaction
 from api.catalog import catalog_router
+from api.errors import HTTPError
 from api.hub import Hub
 from api.metrics import router as metrics_router
 from api.server import quiet_client_faults
@@ -55,6 +56,8 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
     # Middleware, not a per-route dependency: it guards every route added later, too.
     app.add_middleware(AuthMiddleware, auth=auth, sessions=app.state.key_sessions)
     app.include_router(demo.router)
+    # Every REST route raises HTTPError for its OpenAI-shaped error responses.
+    app.add_exception_handler(HTTPError, lambda _request, exc: exc.response())
     app.include_router(speech_router(settings))
     app.include_router(catalog_router())
     app.include_router(metrics_router)

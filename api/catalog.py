@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from api.errors import HTTPError, documented
+from api.errors import documented, redis_unreachable
 from api.speech import OPENAI_MODELS
 from shared.capabilities import EngineInfo
 
@@ -44,11 +43,8 @@ def catalog_router() -> APIRouter:
     router = APIRouter(tags=["catalog"])
 
     @router.get("/v1/models", response_model=ModelList, responses=documented(401, 503))
-    async def list_models(request: Request) -> ModelList | JSONResponse:
-        try:
-            engine, _ = await _engine(request)
-        except HTTPError as exc:
-            return exc.response()
+    async def list_models(request: Request) -> ModelList:
+        engine, _ = await _engine(request)
         if engine is None:
             return ModelList(data=[])
         models = [Model(id=engine.name, owned_by="voxline", engine=engine.name)]
@@ -58,11 +54,8 @@ def catalog_router() -> APIRouter:
         return ModelList(data=models)
 
     @router.get("/v1/voices", response_model=VoiceList, responses=documented(401, 503))
-    async def list_voices(request: Request) -> VoiceList | JSONResponse:
-        try:
-            engine, workers = await _engine(request)
-        except HTTPError as exc:
-            return exc.response()
+    async def list_voices(request: Request) -> VoiceList:
+        engine, workers = await _engine(request)
         if engine is None:
             return VoiceList(engine=None, default=None, voices=[], workers=0)
         voices = [
@@ -79,4 +72,4 @@ async def _engine(request: Request) -> tuple[EngineInfo | None, int]:
     try:
         return await request.app.state.hub.pool.engine(max_age=0)  # as the workers are now
     except (RedisError, OSError):
-        raise HTTPError(503, "Redis is unreachable; try again later", code="unavailable") from None
+        raise redis_unreachable() from None

@@ -63,6 +63,10 @@ class HTTPError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
+def redis_unreachable() -> HTTPError:
+    return HTTPError(503, "Redis is unreachable; try again later", code="unavailable")
+
+
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error statuses."""
     described = {

@@ -27,7 +27,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from api.errors import HTTPError, ResponseAborted, documented
+from api.errors import HTTPError, ResponseAborted, documented, redis_unreachable
 from api.hub import Hub
 from api.inproc import Closed, Frame, LocalSocket
 from api.session import Session
@@ -127,10 +127,7 @@ def speech_router(settings: Settings) -> APIRouter:
         },
     )
     async def create_speech(request: Request) -> Response:
-        try:
-            return await _speak(request, request.app.state.hub)
-        except HTTPError as exc:
-            return exc.response()
+        return await _speak(request, request.app.state.hub)
 
     return router
 
@@ -237,12 +234,12 @@ async def _available(hub: Hub) -> Any:
     if hub.draining:
         raise HTTPError(503, "the server is shutting down", code="unavailable")
     if not hub.returns.connected.is_set():
-        raise HTTPError(503, "Redis is unreachable; try again later", code="unavailable")
+        raise redis_unreachable()
     try:
         engine, _ = await hub.pool.engine()
         busy = await hub.overloaded() if engine is not None else None
     except (RedisError, OSError):
-        raise HTTPError(503, "Redis is unreachable; try again later", code="unavailable") from None
+        raise redis_unreachable() from None
     if engine is None:
         raise HTTPError(503, "no TTS worker is alive; try again later", code="no_worker")
     if busy is not None:
