@@ -71,6 +71,29 @@ class RedisProc(RedisServer):
             client.close()
 
 
+class ExternalRedis:
+    """A Redis server that is already running (REDIS_URL): used as it is, never stopped; the
+    caller gives the run a key prefix of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def start(self) -> None:
+        client = self.client()
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise SystemExit(f"Redis at {self.url} is unreachable: {exc}") from None
+        finally:
+            client.close()
+
+    def stop(self, *, kill: bool = False) -> None:
+        pass
+
+
 class VoxProc:
     """One `python -m voxline ...` process with stdout and stderr in a log file."""
 
@@ -114,12 +137,15 @@ class Stack:
         *,
         engine_opts: tuple[str, ...] = ("rtf=1.0",),
         concurrency: int = 4,
+        redis_url: str | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.settings = settings
         self.engine_opts = engine_opts
         self.concurrency = concurrency
-        self.redis = RedisProc(log_dir)
+        self.redis: RedisProc | ExternalRedis = (
+            ExternalRedis(redis_url) if redis_url else RedisProc(log_dir)
+        )
         self.api_port = free_port()
         self.api: VoxProc | None = None
         self.workers: list[VoxProc] = []
