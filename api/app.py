@@ -21,6 +21,7 @@ from api.session import Session
 from api.speech import speech_router
 from shared.config import Settings
 from shared.protocol import PATH
+from shared.runtime import freeze_startup_objects
 
 log = logging.getLogger("voxline.api")
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
                 await stack.enter_async_context(sidecar())
             app.state.hub = hub
             quiet_client_faults()
+            freeze_startup_objects()
             if auth.enabled:
                 # After uvicorn configured logging: its loggers must never print a key.
                 install_log_redaction()

@@ -25,6 +25,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from api.splitter import SentenceSplitter  # noqa: E402
 from shared import protocol  # noqa: E402
+from shared.runtime import freeze_startup_objects  # noqa: E402
 from worker.engines import load_engine  # noqa: E402
 from worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
 
@@ -99,6 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     options = dict(opt.split("=", 1) for opt in args.engine_opt)
     app = create_app(load_engine("tone", options))
+    freeze_startup_objects()  # as `voxline api` and `voxline worker` do
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws=args.ws)
 
 

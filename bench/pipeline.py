@@ -25,6 +25,7 @@ The last line printed is one JSON object (the figures the issue asks for); table
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -337,6 +338,19 @@ def scaling(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
 
 
 def tables(over: list[dict[str, Any]], rel: dict[str, Any], can: dict[str, Any], sc: dict) -> str:
+    return "\n\n".join(
+        part
+        for part in (
+            overhead_table(over) if over else "",
+            relay_table(rel) if rel["levels"] else "",
+            cancel_table(can) if can else "",
+            scaling_table(sc) if sc else "",
+        )
+        if part
+    )
+
+
+def overhead_table(over: list[dict[str, Any]]) -> str:
     lines = [
         "### Time to first audio (ms) against concurrent sessions",
         "",
@@ -351,8 +365,11 @@ def tables(over: list[dict[str, Any]], rel: dict[str, Any], can: dict[str, Any],
             f"| {v['p50']:.2f} | {v['p99']:.2f} | {row['added_p50']:+.2f} "
             f"| {row['added_p99']:+.2f} |"
         )
-    lines += [
-        "",
+    return "\n".join(lines)
+
+
+def relay_table(rel: dict[str, Any]) -> str:
+    lines = [
         "### Relay: real-time streams through one API process",
         "",
         "| streams | chunks | relay p50 ms | relay p99 ms | max ms | underruns | API CPU % "
@@ -367,8 +384,11 @@ def tables(over: list[dict[str, Any]], rel: dict[str, Any], can: dict[str, Any],
             f"| {level['max']:.1f} | {level['underruns']} | {cpu['api']} | {workers} "
             f"| {cpu.get('redis', '-')} | {'yes' if level['ok'] else 'no'} |"
         )
-    lines += [
-        "",
+    return "\n".join(lines)
+
+
+def cancel_table(can: dict[str, Any]) -> str:
+    lines = [
         "### Cancellation: to the worker's last generated chunk",
         "",
         "| trigger | cancels | p50 ms | p99 ms | max ms | chunks after | compute after, ms "
@@ -381,9 +401,12 @@ def tables(over: list[dict[str, Any]], rel: dict[str, Any], can: dict[str, Any],
             f"| {c['chunks_after']} | {c['compute_after_ms_per_cancel']:.2f} "
             f"| {c['notify_p50']:.2f} / {c['notify_p99']:.2f} |"
         )
+    return "\n".join(lines)
+
+
+def scaling_table(sc: dict[str, Any]) -> str:
     x = sc["audio_x"]
-    lines += [
-        "",
+    lines = [
         f"### Scaling: device-bound workers ({DEVICE_MS} ms per {CHUNK_MS} ms chunk, "
         f"ideal {sc['ideal_x_per_worker']:g}x real time each)",
         "",
@@ -438,9 +461,15 @@ def main() -> None:
         action="append",
         help="run only these scenarios (default: all)",
     )
+    parser.add_argument(
+        "--levels", type=lambda v: tuple(int(x) for x in v.split(",")), help="overhead levels"
+    )
+    parser.add_argument("--results", type=Path, help="write every figure here (JSON)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.levels:
+        plan = dataclasses.replace(plan, levels=args.levels)
     only = set(args.only or ("overhead", "relay", "cancel", "scaling"))
     logs = Path(tempfile.mkdtemp(prefix="voxline-pipeline-"))
     began = time.monotonic()
@@ -454,8 +483,11 @@ def main() -> None:
             note(f"logs kept in {logs}")
         else:
             shutil.rmtree(logs, ignore_errors=True)
-    if sc is not None and over and can:
-        print(tables(over, rel, can, sc))
+    print(tables(over, rel, can, sc))
+    if args.results:
+        args.results.write_text(
+            json.dumps({"overhead": over, "relay": rel, "cancel": can, "scaling": sc}, indent=1)
+        )
     if args.plot and over:
         plot(over, args.plot)
         note(f"plot written to {args.plot}")

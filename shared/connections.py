@@ -78,7 +78,21 @@ def connect(url: str, *, blocking: bool = False) -> Client:
     # One quick retry on a dropped connection: after a Redis restart every pooled connection
     # is dead, and the first command on each would fail although the server is back. No retry
     # on timeouts (the command may have run).
-    return aioredis.Redis.from_url(url, **_timeouts(blocking), **_quick_retry())
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, **_pool_limits(), **_timeouts(blocking), **_quick_retry()
+    )
+    return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
+
+
+# A process's concurrent commands share this many connections; more wait for a free one.
+# redis-py's plain pool fails the command past its limit ("Too many connections"), which a
+# burst of new sessions or a worker with many jobs reached, and read as Redis being down.
+MAX_CONNECTIONS = 64
+POOL_WAIT = 10.0  # seconds a command waits for a connection before it fails
+
+
+def _pool_limits() -> dict[str, Any]:
+    return {"max_connections": MAX_CONNECTIONS, "timeout": POOL_WAIT}
 
 
 def _quick_retry() -> dict[str, Any]:

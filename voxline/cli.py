@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
+from shared import runtime
 from shared.config import DEFAULT_REDIS_URL, Settings
 from shared.connections import redacted
 from shared.logs import FORMATS, configure_logging
@@ -329,7 +330,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         heartbeat_file=args.heartbeat_file,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_until_signal(worker.run()))
+        runtime.run(_until_signal(worker.run()))
     return 0
 
 

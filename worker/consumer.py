@@ -19,6 +19,7 @@ from shared.audio.formats import SentenceEncoder
 from shared.config import Settings
 from shared.connections import TRANSIENT_ERRORS, Client, connect
 from shared.keys import JOBS_GROUP, JobShard, Keys, cancel_tokens
+from shared.runtime import freeze_startup_objects
 from shared.streams import ensure_jobs_group, read_group, shard_advice
 from shared.tasks import stop
 from shared.wire import Cancel, EventKind, Job
@@ -131,6 +132,7 @@ class Worker:
             await listener.start()
             await self._registration.start()
             refresher = asyncio.create_task(self._refresh_loop(), name="voxline-refresh")
+            freeze_startup_objects()  # after the engine loaded its model
             self.ready.set()
             log.info("worker %s: engine %s, %d slots", self.id, self.engine.info.name, self.slots())
             await self._consume(reader)
