@@ -43,6 +43,15 @@ def _aborted(exc: BaseException | None) -> ResponseAborted | None:
     return None
 
 
+# How the WebSocket side of uvicorn is run, by `voxline api`/`serve` and the benchmarks'
+# baseline alike:
+# - websockets' sans-I/O protocol: the least CPU per frame of uvicorn's implementations
+#   (bench/pipeline.py, relay).
+# - No permessage-deflate: browsers and most clients offer it, and uvicorn accepts it by
+#   default, but audio hardly compresses. Deflating every chunk cost more CPU than the rest of
+#   the relay and added about 0.9 ms to every chunk's way to the client (docs/benchmarks.md).
+WS_OPTIONS: dict[str, object] = {"ws": "websockets-sansio", "ws_per_message_deflate": False}
+
 _FILTER = _ClientFaultsAreWarnings()
 
 

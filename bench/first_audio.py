@@ -23,6 +23,7 @@ import uvicorn
 import websockets
 
 from api.app import create_app
+from api.server import WS_OPTIONS
 from shared.config import Settings
 from shared.connections import connect
 from voxline.progress import note
@@ -68,9 +69,7 @@ async def pipeline(url: str, n: int) -> list[float]:
     worker = Worker(settings, load_engine("tone", {"rtf": "0"}))
     worker_task = asyncio.create_task(worker.run())
     await worker.ready.wait()
-    config = uvicorn.Config(
-        create_app(settings), port=0, log_level="warning", ws="websockets-sansio"
-    )
+    config = uvicorn.Config(create_app(settings), port=0, log_level="warning", **WS_OPTIONS)
     server = uvicorn.Server(config)
     server_task = asyncio.create_task(server.serve())
     while not server.started:

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from api.server import WS_OPTIONS  # noqa: E402
 from api.splitter import SentenceSplitter  # noqa: E402
 from shared import protocol  # noqa: E402
 from shared.runtime import freeze_startup_objects  # noqa: E402
@@ -95,13 +96,13 @@ def create_app(engine: Engine) -> FastAPI:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--ws", default="websockets-sansio", help="uvicorn's ws implementation")
     parser.add_argument("--engine-opt", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     options = dict(opt.split("=", 1) for opt in args.engine_opt)
     app = create_app(load_engine("tone", options))
     freeze_startup_objects()  # as `voxline api` and `voxline worker` do
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", ws=args.ws)
+    # The same WebSocket settings as `voxline api`.
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", **WS_OPTIONS)
 
 
 if __name__ == "__main__":

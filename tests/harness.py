@@ -14,7 +14,7 @@ import uvicorn
 import websockets
 
 from api.app import create_app
-from api.server import Server
+from api.server import WS_OPTIONS, Server
 from shared.config import Settings
 from shared.keys import JOBS_GROUP, Keys
 from shared.protocol import PATH
@@ -50,7 +50,7 @@ class Pipeline:
 @contextlib.asynccontextmanager
 async def run_server(app: Any) -> AsyncIterator[uvicorn.Server]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws="websockets-sansio", lifespan="on"
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **WS_OPTIONS
     )
     server = Server(config)
     task = asyncio.create_task(server.serve())

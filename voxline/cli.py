@@ -360,7 +360,7 @@ def _run_http(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.server import Server
+    from api.server import WS_OPTIONS, Server
 
     settings = _settings(args)
     sidecar = None
@@ -396,7 +396,7 @@ def _run_http(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        ws="websockets-sansio",
+        **WS_OPTIONS,  # type: ignore[arg-type]
         # json: uvicorn's loggers propagate to the root handler configure_logging installed.
         log_config=None if args.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
