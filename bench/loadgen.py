@@ -35,6 +35,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.connections import connect as redis_connect  # noqa: E402
+from shared.connections import pubsub as open_pubsub  # noqa: E402
 from shared.keys import Keys  # noqa: E402
 from shared.wire import Event, EventKind  # noqa: E402
 
@@ -154,7 +155,7 @@ async def relay(spec: dict[str, Any]) -> dict[str, Any]:
         sockets += await asyncio.gather(
             *(open_session(spec["url"]) for _ in range(min(50, n - start)))
         )
-    cpu = CpuWindow(spec.get("cpu_pids", []))
+    cpu = CpuWindow([*spec.get("cpu_pids", []), os.getpid()])
     cpu.start()
     began = time.monotonic()
 
@@ -212,7 +213,7 @@ async def cancel(spec: dict[str, Any]) -> dict[str, Any]:
     keys = Keys(spec["key_prefix"])
     stamps: dict[str, list[int]] = {}
     monitor = redis_connect(spec["redis_url"], blocking=True)
-    pubsub = monitor.pubsub(ignore_subscribe_messages=True)
+    pubsub = open_pubsub(monitor, ignore_subscribe_messages=True)
     await pubsub.psubscribe(keys.audio_channel("*"))
     await pubsub.subscribe(keys.cancel_channel)
     broadcasts: dict[str, int] = {}  # session -> when its cancel reached the workers' channel

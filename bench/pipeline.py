@@ -214,8 +214,9 @@ def relay(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
                 "max": max(lat, default=float("nan")),
                 "underruns": len(result["late_ms"]),
                 "errors": len(result["errors"]),
-                "cpu": {name: result["cpu_pct"].get(str(pid)) for name, pid in pids.items()},
+                "cpu": {name: result["cpu_pct"].pop(str(pid)) for name, pid in pids.items()},
             }
+            level["cpu"]["client"] = next(iter(result["cpu_pct"].values()))
             level["ok"] = (
                 level["p99"] < RELAY_P99_MS and not level["underruns"] and not level["errors"]
             )
@@ -373,8 +374,8 @@ def relay_table(rel: dict[str, Any]) -> str:
         "### Relay: real-time streams through one API process",
         "",
         "| streams | chunks | relay p50 ms | relay p99 ms | max ms | underruns | API CPU % "
-        "| worker CPU % | Redis CPU % | ok |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        "| worker CPU % | Redis CPU % | client CPU % | ok |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for level in sorted(rel["levels"], key=lambda lv: lv["streams"]):
         cpu = level["cpu"]
@@ -382,7 +383,7 @@ def relay_table(rel: dict[str, Any]) -> str:
         lines.append(
             f"| {level['streams']} | {level['chunks']} | {level['p50']:.2f} | {level['p99']:.2f} "
             f"| {level['max']:.1f} | {level['underruns']} | {cpu['api']} | {workers} "
-            f"| {cpu.get('redis', '-')} | {'yes' if level['ok'] else 'no'} |"
+            f"| {cpu.get('redis', '-')} | {cpu['client']} | {'yes' if level['ok'] else 'no'} |"
         )
     return "\n".join(lines)
 

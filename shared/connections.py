@@ -107,6 +107,18 @@ def _quick_retry() -> dict[str, Any]:
     }
 
 
+def pubsub(client: Any, **options: Any) -> Any:
+    """`client.pubsub(**options)` that hands each message over as it is. redis-py's default
+    push handler builds a debug log line of every message it parses, payload included
+    (`"Push response: " + str(response)`), logged or not: with audio chunks that was the front
+    end's largest single cost after the socket writes (docs/benchmarks.md)."""
+    return client.pubsub(push_handler_func=_as_is, **options)
+
+
+async def _as_is(response: Any) -> Any:
+    return response
+
+
 def redacted(url: str) -> str:
     """`url` with its password replaced, for logs and banners."""
     scheme, sep, rest = url.partition("://")

@@ -12,6 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from shared import metrics
 from shared.connections import Client, connect
+from shared.connections import pubsub as open_pubsub
 from shared.keys import Keys, cancel_tokens
 from shared.tasks import stop
 from shared.wire import Cancel, Job
@@ -84,7 +85,7 @@ class CancelListener:
             await self._client.initialize()  # the first time: pubsub() needs the slot map
             if self._subscribed_once:
                 await self._client.nodes_manager.initialize()  # reload it
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = open_pubsub(self._client, ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self._keys.cancel_channel)
         except BaseException:

@@ -25,7 +25,7 @@ from shared.tasks import stop
 from shared.wire import Cancel, EventKind, Job
 from worker.cancellations import CancelListener, InFlight
 from worker.engines.base import Cancellation, Engine, EngineError, SynthesisRequest
-from worker.publisher import SentencePublisher
+from worker.publisher import Outbox, SentencePublisher
 from worker.recovery import Delivery, Recovery
 from worker.registry import Registration
 
@@ -86,6 +86,7 @@ class Worker:
         self.in_flight = InFlight()
         self.ready = asyncio.Event()
         self._redis: Client | None = None
+        self._outbox: Outbox | None = None
         self._registration: Registration | None = None
         self._recovery: Recovery | None = None
         self._running: dict[tuple[str, bytes], _Running] = {}  # by (stream, entry id)
@@ -106,6 +107,8 @@ class Worker:
         await self.engine.start()
         self._redis = redis = connect(settings.redis_url)
         reader = connect(settings.redis_url, blocking=True)
+        self._outbox = Outbox(redis)
+        self._outbox.start()
         self._registration = Registration(
             redis,
             self.keys,
@@ -140,6 +143,7 @@ class Worker:
             # Heartbeat, refresh and cancel listener keep running while in-flight jobs finish:
             # a long drain must not let other workers claim them.
             await self._drain(settings.drain_timeout)
+            await self._outbox.close()
             await stop(refresher)
             await self._registration.stop()
             await listener.close()
@@ -413,9 +417,11 @@ class Worker:
         logs.bind_job(job.session_id, job.utterance, job.sentence)  # this job's task only
         metrics.job_started(job.sentence, job.enqueued_at, len(self._running))
         token = running.token = self.in_flight.add(job)
+        outbox = self._outbox
+        assert outbox is not None
         try:
             publisher = SentencePublisher(
-                redis, self.keys.audio_channel(job.session_id), job, attempt
+                outbox, self.keys.audio_channel(job.session_id), job, attempt
             )
             # After add(): a cancel either is already marked here or will find the job in
             # flight (the front end marks before it notifies). STARTED rides in the same round

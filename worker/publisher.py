@@ -1,7 +1,10 @@
-"""Publishes one sentence's events on its session's audio channel, sequence-numbered."""
+"""Publishing a worker's events: one sentence's sequence-numbered events (`SentencePublisher`),
+and one outbox that carries every job's events to Redis (`Outbox`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from shared.channels import publish_event
@@ -9,9 +12,71 @@ from shared.connections import Client
 from shared.wire import Event, EventKind, Job
 
 
-class SentencePublisher:
-    def __init__(self, redis: Client, channel: str, job: Job, attempt: int = 1) -> None:
+class Outbox:
+    """The worker's publishes, coalesced: what its jobs hand over while a write is out goes
+    together in the next one, as one pipeline on one connection.
+
+    A publish per chunk, each on its own round trip, cost the worker a socket write and a pool
+    checkout per chunk; at a few hundred streams that was most of its CPU (docs/benchmarks.md,
+    relay). An idle outbox sends at once, so a lone sentence waits for nothing.
+    """
+
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
+        self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="voxline-outbox")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for *_, done in self._pending:
+            if not done.done():
+                done.set_exception(ConnectionError("the worker's outbox is closed"))
+        self._pending = []
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        """Returns once Redis took the message; raises what the write raised."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the outbox is not running")
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((channel, data, done))
+        self._wakeup.set()
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for channel, data, _ in batch:
+                        publish_event(pipe, channel, data)
+                    await pipe.execute()
+            except asyncio.CancelledError:
+                self._pending[:0] = batch  # close() fails them
+                raise
+            except Exception as exc:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+class SentencePublisher:
+    def __init__(self, outbox: Outbox, channel: str, job: Job, attempt: int = 1) -> None:
+        self._outbox = outbox
         self._channel = channel
         self._job = job
         self._attempt = attempt
@@ -20,7 +85,7 @@ class SentencePublisher:
         self.spoke = False  # audio or words went out: a retry elsewhere would repeat them
 
     async def send(self, kind: EventKind, data: Any = None) -> None:
-        await publish_event(self._redis, self._channel, self._next(kind, data))
+        await self._outbox.publish(self._channel, self._next(kind, data))
 
     def send_in(self, pipe: Any, kind: EventKind, data: Any = None) -> None:
         """Queue the next event on a pipeline (sent with the pipeline's other commands)."""

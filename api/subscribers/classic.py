@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from api.subscribers.base import Deliver, Lost, read_forever
-from shared.connections import TRANSIENT_ERRORS, connect
+from shared.connections import TRANSIENT_ERRORS, connect, pubsub
 from shared.keys import Keys
 from shared.tasks import stop
 
@@ -21,7 +21,7 @@ class ClassicSubscriber:
 
     def __init__(self, redis_url: str, keys: Keys) -> None:
         self._client = connect(redis_url, blocking=True)
-        self._pubsub = self._client.pubsub()
+        self._pubsub = pubsub(self._client)
         self._control = f"{keys.prefix}:api:control".encode()
         self._wanted: set[bytes] = set()
         self._pending: dict[bytes, asyncio.Future[None]] = {}

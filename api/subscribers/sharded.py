@@ -29,7 +29,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from api.subscribers.base import Deliver, Lost, read_forever
-from shared.connections import connect, connect_node
+from shared.connections import connect, connect_node, pubsub
 from shared.keys import Keys
 from shared.tasks import stop
 
@@ -108,7 +108,7 @@ class ShardedSubscriber:
             if node is not None:
                 return node
             client = connect_node(self._url, owner.host, owner.port, blocking=True)
-            node = _Node(owner.name, client, client.pubsub())
+            node = _Node(owner.name, client, pubsub(client))
             try:
                 # A classic subscription to a channel nobody publishes on: it makes the
                 # connection readable, and its confirmation after a reconnect says redis-py has
