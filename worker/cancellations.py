@@ -22,10 +22,16 @@ log = logging.getLogger("voxline.worker.cancel")
 
 
 class InFlight:
-    """The jobs this worker is running, each with its cancellation flag."""
+    """The jobs this worker is running, each with its cancellation flag, and the cancel notices
+    heard lately (so a job cancelled before it was read is skipped without asking Redis)."""
+
+    # Sessions whose notices are remembered; the oldest are forgotten first. Forgetting costs
+    # only a round trip: the cancel sets in Redis stay the authority.
+    RECENT_SESSIONS = 10_000
 
     def __init__(self) -> None:
         self._jobs: dict[int, tuple[Job, Cancellation]] = {}
+        self._recent: dict[str, list[Cancel]] = {}
 
     def add(self, job: Job) -> Cancellation:
         token = Cancellation()
@@ -35,7 +41,19 @@ class InFlight:
     def remove(self, token: Cancellation) -> None:
         self._jobs.pop(id(token), None)
 
-    def apply(self, notice: Cancel) -> int:
+    def cancelled(self, job: Job) -> bool:
+        """Whether a notice heard on the cancel channel covers `job`."""
+        return any(notice.matches(job) for notice in self._recent.get(job.session_id, ()))
+
+    def apply(self, notice: Cancel, *, remember: bool = True) -> int:
+        """Stop the in-flight jobs the notice covers (and remember it for jobs read later);
+        return how many."""
+        if remember:
+            notices = self._recent.pop(notice.session_id, [])
+            notices.append(notice)
+            self._recent[notice.session_id] = notices  # the most recent last
+            while len(self._recent) > self.RECENT_SESSIONS:
+                del self._recent[next(iter(self._recent))]
         hits = 0
         for job, token in self._jobs.values():
             if notice.matches(job):

@@ -350,7 +350,8 @@ class Worker:
             found = await pipe.execute()
         missing = {sid for sid, present in zip(sessions, found, strict=True) if not present}
         for session_id in missing & suspects:
-            hits = self.in_flight.apply(Cancel(session_id))
+            # Not remembered: a lease missing after a Redis restart may come back.
+            hits = self.in_flight.apply(Cancel(session_id), remember=False)
             if hits:
                 log.warning("session %s lost its front end; stopped %d jobs", session_id, hits)
         return missing
@@ -419,37 +420,71 @@ class Worker:
         token = running.token = self.in_flight.add(job)
         outbox = self._outbox
         assert outbox is not None
+        preflight: asyncio.Task[str] | None = None
         try:
+            if self.in_flight.cancelled(job):
+                # Heard on the cancel channel before the job was read: no round trip needed.
+                counts["skipped_cancelled"] = 1
+                return
             publisher = SentencePublisher(
                 outbox, self.keys.audio_channel(job.session_id), job, attempt
             )
-            # After add(): a cancel either is already marked here or will find the job in
-            # flight (the front end marks before it notifies). STARTED rides in the same round
-            # trip; for a cancelled sentence the front end has stopped listening anyway.
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.smismember(
-                    self.keys.cancelled(job.session_id), cancel_tokens(job.utterance, job.sentence)
-                )
-                pipe.exists(self.keys.lease(job.session_id))
-                publisher.send_in(pipe, EventKind.STARTED, self.id)
-                flags, leased, _ = await pipe.execute()
-            if any(flags):
-                counts["skipped_cancelled"] = 1
-            elif not leased:
+            # The checks run while the engine starts: a round trip less before the first audio.
+            # Nothing is published until they cleared the sentence.
+            preflight = asyncio.create_task(self._preflight(redis, job, publisher, token))
+            if not running.lost:
+                await self._synthesize(job, token, publisher, counts, preflight)
+        except _Stopped as stopped:
+            counts.pop("failed", None)  # an engine error of a sentence nobody is to hear
+            counts[stopped.outcome] = 1
+            if stopped.outcome == "orphaned":
                 # Its front end is gone (died without cancelling): nobody would hear it. Or
                 # Redis restarted and the front end has not renewed the lease yet: STARTED is
                 # out, and silence would hold a listening caller until stall_timeout. Say why.
-                counts["orphaned"] = 1
                 with contextlib.suppress(*TRANSIENT_ERRORS):
                     await publisher.send(EventKind.ERROR, "the session's lease is missing")
-            elif not running.lost:
-                await self._synthesize(job, token, publisher, counts)
         finally:
             self.in_flight.remove(token)
+            await stop(preflight)
+
+    async def _preflight(
+        self, redis: Client, job: Job, publisher: SentencePublisher, token: Cancellation
+    ) -> str:
+        """Whether the sentence may be voiced: "" if so, else the outcome that stops it (its
+        token is set, so the engine stops at its next chunk). STARTED rides in the same round
+        trip; for a cancelled sentence the front end has stopped listening anyway."""
+        # The job is in flight already: a cancel either is marked by now or will find it
+        # (the front end marks before it notifies).
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.smismember(
+                self.keys.cancelled(job.session_id), cancel_tokens(job.utterance, job.sentence)
+            )
+            pipe.exists(self.keys.lease(job.session_id))
+            publisher.send_in(pipe, EventKind.STARTED, self.id)
+            flags, leased, _ = await pipe.execute()
+        verdict = "skipped_cancelled" if any(flags) else "" if leased else "orphaned"
+        if verdict:
+            token.set()
+        return verdict
 
     async def _synthesize(
-        self, job: Job, token: Cancellation, publisher: SentencePublisher, counts: dict[str, int]
+        self,
+        job: Job,
+        token: Cancellation,
+        publisher: SentencePublisher,
+        counts: dict[str, int],
+        preflight: asyncio.Task[str],
     ) -> None:
+        cleared = False
+
+        async def send(kind: EventKind, data: object = None) -> None:
+            nonlocal cleared
+            if not cleared:
+                if verdict := await preflight:
+                    raise _Stopped(verdict)
+                cleared = True
+            await publisher.send(kind, data)
+
         info = self.engine.info
         encoder = SentenceEncoder(
             job.format,
@@ -476,22 +511,26 @@ class Worker:
                     counts["chunks"] += 1
                     samples += len(chunk.pcm)
                     if job.word_timestamps and chunk.words:
-                        await publisher.send(EventKind.WORDS, [asdict(w) for w in chunk.words])
+                        await send(EventKind.WORDS, [asdict(w) for w in chunk.words])
                     data = encoder.encode(chunk.pcm)
                     if data:
-                        await publisher.send(EventKind.AUDIO, data)
+                        await send(EventKind.AUDIO, data)
             if token.is_set():
+                if not cleared and (verdict := await preflight):
+                    raise _Stopped(verdict)
                 counts["cancelled"] = 1
                 return  # the front end has moved on: say nothing more
             tail = encoder.finish()
             if tail:
-                await publisher.send(EventKind.AUDIO, tail)
-            await publisher.send(EventKind.DONE, publisher.audio_bytes)
+                await send(EventKind.AUDIO, tail)
+            await send(EventKind.DONE, publisher.audio_bytes)
             counts["completed"] = 1
             metrics.synthesized(info.name, time.perf_counter() - began, samples, info.sample_rate)
+        except _Stopped:
+            raise
         except EngineError as exc:
             counts["failed"] = 1
-            await publisher.send(EventKind.ERROR, str(exc))
+            await send(EventKind.ERROR, str(exc))
         except asyncio.CancelledError:
             # Shutting down past the drain timeout. Nothing heard yet: hand the job back for
             # another worker to take, unnoticed by the client. Part of it heard: a retry would
@@ -499,7 +538,7 @@ class Worker:
             if publisher.spoke:
                 counts["failed"] = 1
                 with contextlib.suppress(Exception):
-                    await publisher.send(EventKind.ERROR, "worker shut down mid-sentence")
+                    await send(EventKind.ERROR, "worker shut down mid-sentence")
             else:
                 counts["released"] = 1
             raise
@@ -518,7 +557,15 @@ class Worker:
         except Exception as exc:
             log.exception("sentence %s/%d/%d failed", job.session_id, job.utterance, job.sentence)
             counts["failed"] = 1
-            await publisher.send(EventKind.ERROR, f"engine failure: {type(exc).__name__}")
+            await send(EventKind.ERROR, f"engine failure: {type(exc).__name__}")
+
+
+class _Stopped(Exception):
+    """The pre-flight checks stopped a sentence whose synthesis had begun."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome  # "skipped_cancelled" or "orphaned"
 
 
 def _honour_cancel() -> None:

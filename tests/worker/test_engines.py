@@ -29,16 +29,21 @@ def test_options_are_parsed_from_strings() -> None:
             "rtf": "0.5",
             "ms_per_char": "10",
             "fail_on": "BOOM",
+            "device_ms": "2.5",
+            "stamp": "on",
         },
     )
     assert isinstance(engine, ToneEngine)
+    assert engine.device_ms == 2.5 and engine.stamp is True
     assert engine.info.sample_rate == 16000
     assert engine.chunk_samples == 320
     assert engine.rtf == 0.5 and engine.ms_per_char == 10.0 and engine.fail_on == "BOOM"
 
 
 def test_unknown_option_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"no option 'speed'.*chunk_ms, fail_on, ms_per_char"):
+    with pytest.raises(
+        ValueError, match=r"no option 'speed'.*chunk_ms, device_ms, fail_on, ms_per_char"
+    ):
         load_engine("tone", {"speed": "2"})
     with pytest.raises(ValueError, match=r"espeak.*no option 'voice'.*none"):
         load_engine("espeak", {"voice": "de"})
@@ -53,6 +58,8 @@ def test_unknown_option_lists_the_valid_ones() -> None:
         ({"rtf": "nan"}, "finite"),
         ({"sample_rate": "100"}, "sample_rate"),
         ({"fail_on": ""}, "fail_on"),
+        ({"device_ms": "-1"}, "device_ms must be >= 0"),
+        ({"stamp": "maybe"}, "stamp='maybe'.*one of"),
     ],
 )
 def test_bad_option_values_are_clear_errors(options: dict[str, str], message: str) -> None:

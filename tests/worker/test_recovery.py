@@ -162,7 +162,9 @@ async def test_partly_heard_sentence_fails_explicitly_and_is_not_repeated(
         assert retried.done["error"] is False and not retried.errors
         assert len(retried.audio) > 0
         assert stats["claimed"] == 2
-        assert stats["completed"] == 1
+        # The failed one may finish on the worker before its cancel lands (the engine starts
+        # while the pre-flight checks run); the front end drops that audio either way.
+        assert stats["completed"] >= 1
         assert stats["completed"] + stats["skipped_cancelled"] + stats["cancelled"] == 2
         assert await ghost.pending() == 0
 
