@@ -332,7 +332,10 @@ class Session:
                 # the last message and the end of the last delivery.
                 wait = idle if self._delivering() else max(idle - quiet, 0.05)
                 try:
-                    raw = await asyncio.wait_for(self._read(), wait)
+                    # A timeout scope, not wait_for: no task per message (on 3.11 wait_for
+                    # runs the read in a new task, a loop turn later).
+                    async with asyncio.timeout(wait):
+                        raw = await self._read()
                 except TimeoutError:
                     if self._delivering() or time.monotonic() - self._last_activity < idle:
                         continue

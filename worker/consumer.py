@@ -233,6 +233,10 @@ class Worker:
                     log.warning("could not hand back %d jobs (%s)", len(deliveries) - room, exc)
                 deliveries = deliveries[:room]
             self._start(deliveries)
+            if deliveries:
+                # Let the new jobs send their first commands before this reader sends its
+                # next read: time to first audio is on their path, not on the read's.
+                await asyncio.sleep(0)
 
     def _share(self, free: int) -> int:
         """What one shard's reader asks for: its share of the free slots (at least one). The
