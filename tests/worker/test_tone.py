@@ -198,3 +198,47 @@ def test_info_advertises_the_capabilities() -> None:
     assert info.name == "tone" and info.sample_rate == 16000
     assert info.languages == () and info.word_timestamps is True
     assert info.speed_range == (0.25, 4.0)
+
+
+async def test_pacing_is_on_an_absolute_schedule() -> None:
+    """A late wake-up is not carried forward: the n-th chunk is due n chunk lengths after the
+    start, whatever the loop did in between."""
+    engine = ToneEngine(chunk_ms=20, rtf=1.0, ms_per_char=20)
+    started = time.perf_counter()
+    arrivals = []
+    async for _chunk in engine.synthesize(SynthesisRequest("x" * 25, "tone-mid"), Cancellation()):
+        arrivals.append(time.perf_counter() - started)
+        time.sleep(0.015)  # the consumer blocks the loop for most of a chunk each time
+    assert len(arrivals) == 25
+    # Relative sleeps would drift by ~15 ms a chunk (0.9 s in all); absolute ones stay on time.
+    assert arrivals[-1] < 0.5 + 0.1
+
+
+async def test_device_ms_serializes_chunks_across_sentences() -> None:
+    """One device per engine: N sentences at once take N times as long as one."""
+    engine = ToneEngine(chunk_ms=80, device_ms=10, ms_per_char=8)  # 10 chunks a sentence
+    request = SynthesisRequest("x" * 100, "tone-mid")
+    started = time.perf_counter()
+    await collect(engine, request)
+    alone = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(collect(engine, request) for _ in range(4)))
+    together = time.perf_counter() - started
+    assert 0.09 <= alone < 0.2
+    assert together >= 0.39 and together / alone > 3.0
+
+
+async def test_stamp_writes_the_generation_time_into_each_chunk() -> None:
+    engine = ToneEngine(chunk_ms=40, stamp=True)
+    before = time.monotonic_ns()
+    chunks = await collect(engine, SynthesisRequest("x" * 10, "tone-mid"))
+    after = time.monotonic_ns()
+    stamps = [int(c.pcm[:4].view(np.int64)[0]) for c in chunks if len(c.pcm) >= 4]
+    assert len(stamps) == len(chunks) and stamps == sorted(stamps)
+    assert before <= stamps[0] and stamps[-1] <= after
+    plain = pcm_of(await collect(ToneEngine(chunk_ms=40), SynthesisRequest("x" * 10, "tone-mid")))
+    stamped = pcm_of(chunks)
+    mask = np.ones(len(plain), dtype=bool)
+    for i in range(len(chunks)):
+        mask[i * 960 : i * 960 + 4] = False
+    assert np.array_equal(plain[mask], stamped[mask]), "only the first 8 bytes of a chunk change"
