@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.connections import connect as redis_connect  # noqa: E402
 from shared.connections import pubsub as open_pubsub  # noqa: E402
 from shared.keys import Keys  # noqa: E402
-from shared.wire import Event, EventKind  # noqa: E402
+from shared.wire import Cancel, Event, EventKind  # noqa: E402
 
 RATE = 24000
 STAMP_BYTES = 8
@@ -114,7 +114,6 @@ class CpuWindow:
 async def ttfa(spec: dict[str, Any]) -> dict[str, Any]:
     n, duration, think = spec["sessions"], spec["duration"], spec["think"]
     samples: list[float] = []
-    errors: list[str] = []
     sockets = await asyncio.gather(*(open_session(spec["url"]) for _ in range(n)))
     deadline = time.monotonic() + duration
 
@@ -227,8 +226,6 @@ async def cancel(spec: dict[str, Any]) -> dict[str, Any]:
             now = time.monotonic_ns()
             channel = message["channel"].decode()
             if channel == keys.cancel_channel:
-                from shared.wire import Cancel
-
                 broadcasts.setdefault(Cancel.unpack(message["data"]).session_id, now)
                 continue
             event = Event.unpack(message["data"])

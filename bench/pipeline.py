@@ -127,26 +127,46 @@ class Baseline:
         self._log.close()
 
 
-def stack_settings(redis_url: str | None, **extra: str) -> dict[str, str]:
-    settings = {"max_sessions": "5000", **extra}
+def start_stack(
+    logs: Path,
+    scenario: str,
+    redis_url: str | None,
+    engine_opts: tuple[str, ...],
+    *,
+    concurrency: int,
+    workers: int,
+) -> Stack:
+    """A scenario's own Redis (or a key prefix of its own on --redis-url), API and workers."""
+    (logs / scenario).mkdir()
+    settings = {"max_sessions": "5000"}
     if redis_url:
         settings["key_prefix"] = f"bench-{uuid.uuid4().hex[:8]}"
-    return settings
+    stack = Stack(
+        logs / scenario,
+        settings,
+        engine_opts=engine_opts,
+        concurrency=concurrency,
+        redis_url=redis_url,
+    )
+    stack.start(workers=workers)
+    return stack
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": pct(values, 0.5),
+        "p90": pct(values, 0.9),
+        "p99": pct(values, 0.99),
+        "max": max(values, default=float("nan")),
+    }
 
 
 # --- 1. overhead --------------------------------------------------------------------------
 
 
 def overhead(plan: Plan, logs: Path, redis_url: str | None) -> list[dict[str, Any]]:
-    (logs / "overhead").mkdir()
-    stack = Stack(
-        logs / "overhead",
-        stack_settings(redis_url),
-        engine_opts=TTFA_ENGINE,
-        concurrency=2000,
-        redis_url=redis_url,
-    )
-    stack.start(workers=1)
+    stack = start_stack(logs, "overhead", redis_url, TTFA_ENGINE, concurrency=2000, workers=1)
     baseline = Baseline(logs / "overhead", TTFA_ENGINE)
     rows = []
     try:
@@ -158,13 +178,7 @@ def overhead(plan: Plan, logs: Path, redis_url: str | None) -> list[dict[str, An
                 result = client("ttfa", {**spec, "think": plan.think})
                 if result["errors"]:
                     raise RuntimeError(f"{name} at {n} sessions: {result['errors'][:3]}")
-                samples = result["samples_ms"]
-                row[name] = {
-                    "n": len(samples),
-                    "p50": pct(samples, 0.5),
-                    "p90": pct(samples, 0.9),
-                    "p99": pct(samples, 0.99),
-                }
+                row[name] = summary(result["samples_ms"])
             row["added_p50"] = row["voxline"]["p50"] - row["baseline"]["p50"]
             row["added_p99"] = row["voxline"]["p99"] - row["baseline"]["p99"]
             rows.append(row)
@@ -178,15 +192,7 @@ def overhead(plan: Plan, logs: Path, redis_url: str | None) -> list[dict[str, An
 
 
 def relay(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
-    (logs / "relay").mkdir()
-    stack = Stack(
-        logs / "relay",
-        stack_settings(redis_url),
-        engine_opts=RELAY_ENGINE,
-        concurrency=5000,
-        redis_url=redis_url,
-    )
-    stack.start(workers=2)
+    stack = start_stack(logs, "relay", redis_url, RELAY_ENGINE, concurrency=5000, workers=2)
     assert stack.api is not None
     pids = {"api": stack.api.pid, **{w.name: w.pid for w in stack.workers}}
     if isinstance(getattr(stack.redis, "proc", None), subprocess.Popen):
@@ -205,13 +211,10 @@ def relay(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
                 "cpu_pids": list(pids.values()),
             }
             result = client("relay", spec)
-            lat = result["latencies_ms"]
             level = {
+                **summary(result["latencies_ms"]),
                 "streams": n,
                 "chunks": result["chunks"],
-                "p50": pct(lat, 0.5),
-                "p99": pct(lat, 0.99),
-                "max": max(lat, default=float("nan")),
                 "underruns": len(result["late_ms"]),
                 "errors": len(result["errors"]),
                 "cpu": {name: result["cpu_pct"].pop(str(pid)) for name, pid in pids.items()},
@@ -245,16 +248,7 @@ def relay(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
 
 
 def cancellation(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
-    (logs / "cancel").mkdir()
-    settings = stack_settings(redis_url)
-    stack = Stack(
-        logs / "cancel",
-        settings,
-        engine_opts=RELAY_ENGINE,
-        concurrency=2000,
-        redis_url=redis_url,
-    )
-    stack.start(workers=1)
+    stack = start_stack(logs, "cancel", redis_url, RELAY_ENGINE, concurrency=2000, workers=1)
     out: dict[str, Any] = {}
     try:
         for how in ("cancel", "disconnect"):
@@ -264,7 +258,7 @@ def cancellation(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any
                 {
                     "url": stack.ws_url,
                     "redis_url": stack.redis.url,
-                    "key_prefix": settings.get("key_prefix", "voxline"),
+                    "key_prefix": stack.settings.get("key_prefix", "voxline"),
                     "sessions": plan.cancel_sessions,
                     "chars": 200,
                     "how": how,
@@ -273,12 +267,9 @@ def cancellation(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any
             )
             if result["errors"]:
                 raise RuntimeError(f"cancel by {how}: {result['errors'][:3]}")
-            lat, after = result["latencies_ms"], result["chunks_after"]
+            after = result["chunks_after"]
             out[how] = {
-                "n": len(lat),
-                "p50": pct(lat, 0.5),
-                "p99": pct(lat, 0.99),
-                "max": max(lat, default=float("nan")),
+                **summary(result["latencies_ms"]),
                 "chunks_after": sum(after),
                 "with_chunks_after": sum(1 for a in after if a),
                 "notify_p50": pct(result["notify_ms"], 0.5),
@@ -295,15 +286,7 @@ def cancellation(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any
 
 
 def scaling(plan: Plan, logs: Path, redis_url: str | None) -> dict[str, Any]:
-    (logs / "scaling").mkdir()
-    stack = Stack(
-        logs / "scaling",
-        stack_settings(redis_url),
-        engine_opts=SCALING_ENGINE,
-        concurrency=4,
-        redis_url=redis_url,
-    )
-    stack.start(workers=1)
+    stack = start_stack(logs, "scaling", redis_url, SCALING_ENGINE, concurrency=4, workers=1)
     rates: dict[int, float] = {}
     try:
         for workers in (1, 2, 3):

@@ -116,6 +116,25 @@ async def test_events_are_sequenced_and_the_entry_is_acknowledged(
     await redis.aclose()
 
 
+async def _three_sentences_two_done(redis_url: str, keys: Keys, queue: JobQueue) -> list[Event]:
+    """Queue sentences 0..2 of session "sess"; their events until two of them are DONE."""
+    async with listen(redis_url, keys.audio_channel("sess")) as events:
+        for i in range(3):
+            await queue.enqueue(_job(i))
+        seen: list[Event] = []
+        while sum(e.kind is EventKind.DONE for e in seen) < 2:
+            seen.append(await asyncio.wait_for(events.get(), 10))
+    return seen
+
+
+async def _until_skipped(worker: Worker) -> None:
+    """The skip is counted after the job settles, a moment after its siblings' DONE."""
+    for _ in range(100):
+        if worker.stats["skipped_cancelled"]:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_sentence_marked_cancelled_is_never_voiced(redis_url: str, key_prefix: str) -> None:
     """Marked before the worker existed (its notice unheard): the engine starts while the
     pre-flight checks run, and stops without publishing anything when they come back."""
@@ -124,18 +143,10 @@ async def test_a_sentence_marked_cancelled_is_never_voiced(redis_url: str, key_p
     queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
     await queue.cancel("sess", [0], 1)  # one sentence
     async with running_worker(redis_url, key_prefix) as worker:
-        async with listen(redis_url, keys.audio_channel("sess")) as events:
-            for i in range(3):
-                await queue.enqueue(_job(i))
-            seen: list[Event] = []
-            while sum(e.kind is EventKind.DONE for e in seen) < 2:
-                seen.append(await asyncio.wait_for(events.get(), 10))
+        seen = await _three_sentences_two_done(redis_url, keys, queue)
         produced = {e.sentence for e in seen if e.kind is not EventKind.STARTED}
         assert produced == {0, 2}, "no audio, words or done for the cancelled sentence"
-        for _ in range(100):
-            if worker.stats["skipped_cancelled"]:
-                break
-            await asyncio.sleep(0.01)
+        await _until_skipped(worker)
         assert worker.stats["skipped_cancelled"] == 1 and worker.stats["completed"] == 2
         assert worker.engine.stats["completed"] == 2
     await redis.aclose()
@@ -154,17 +165,9 @@ async def test_a_cancel_heard_before_the_job_is_read_skips_it_unstarted(
                 break
             await asyncio.sleep(0.01)
         assert worker.in_flight.cancelled(_job(1)) and not worker.in_flight.cancelled(_job(2))
-        async with listen(redis_url, keys.audio_channel("sess")) as events:
-            for i in range(3):
-                await queue.enqueue(_job(i))
-            seen: list[Event] = []
-            while sum(e.kind is EventKind.DONE for e in seen) < 2:
-                seen.append(await asyncio.wait_for(events.get(), 10))
+        seen = await _three_sentences_two_done(redis_url, keys, queue)
         assert {e.sentence for e in seen} == {0, 2}, "not even STARTED for the cancelled one"
-        for _ in range(100):
-            if worker.stats["skipped_cancelled"]:
-                break
-            await asyncio.sleep(0.01)
+        await _until_skipped(worker)
         assert worker.stats["skipped_cancelled"] == 1 and worker.stats["started"] == 2
         assert worker.engine.stats["started"] == 2, "its synthesis never began"
     await redis.aclose()
