@@ -66,6 +66,32 @@ class Settings:
     # `voxline worker` serves its Prometheus metrics on this port (all interfaces); 0 = off.
     # Front ends serve theirs on GET /metrics.
     metrics_port: int = 0
+    # Batch synthesis on arq (docs/batch.md). arq does not speak Redis Cluster: with a cluster
+    # URL above, set arq_redis_url to a plain Redis; empty = redis_url.
+    arq_redis_url: str = ""
+    # Text one batch job may carry (characters).
+    batch_max_chars: int = 1_000_000
+    # Sentences of one batch job on the streams at once: a cancel has little to chase, and
+    # one long job does not bury the queue.
+    batch_window: int = 16
+    # Share of a worker's slots batch sentences may hold; the rest stay free for real time.
+    batch_share: float = 0.5
+    # A finished file is kept this long (Redis, or batch_dir).
+    batch_result_ttl: int = 86_400
+    # Files up to this size live in Redis; larger ones go to batch_dir.
+    batch_inline_max_bytes: int = 8 * 1024 * 1024
+    # Where large results go (shared by the arq processes and the front ends); empty = none,
+    # and a larger result fails the job, saying so.
+    batch_dir: str = ""
+    # A batch job may run this long before arq gives up on it.
+    batch_timeout: float = 6 * 3600.0
+    # A coordinator silent for this long (its arq process died) has its job run again.
+    batch_heartbeat: float = 10.0
+    # Housekeeping: real-time stream entries older than this are trimmed (their sentences
+    # failed on the front end's queue_timeout long ago).
+    stream_max_age: float = 600.0
+    # Housekeeping: dead letters and their report are kept this long.
+    dead_letter_max_age: float = 7 * 86_400.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

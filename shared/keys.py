@@ -1,9 +1,11 @@
 """Every Redis key, stream and channel name voxline uses, in one place.
 
 Per-session names carry the session id in a `{...}` hash tag so that all of one session's
-keys land on the same slot of a Redis Cluster. The jobs queue is split into shards, each two
-streams sharing a hash tag of their own, so that a cluster spreads the queue over its masters;
-the other global names (cancel channel, worker registry, dead letters) are single keys.
+keys land on the same slot of a Redis Cluster; so do a batch job's (`{batch-<id>}`). The jobs
+queue is split into shards, each three streams sharing a hash tag of their own, so that a
+cluster spreads the queue over its masters; the other global names (cancel channel, worker
+registry, dead letters, housekeeping) are single keys. arq's own keys are arq's: it names them
+itself, under `arq:` (the queue name is ours).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ class JobShard:
     index: int
     first: str  # first sentences of utterances, served before `rest`
     rest: str
+    batch: str = ""  # sentences of batch jobs (arq), served only when neither has any
 
     @property
     def streams(self) -> tuple[str, str]:
-        """Both streams, in the order workers serve them."""
+        """The real-time streams, in the order workers serve them."""
         return (self.first, self.rest)
 
 
@@ -67,7 +70,7 @@ class Keys:
         workers read it before `rest`, so a caller starting to speak never waits behind other
         sessions' later sentences."""
         rest = f"{self.prefix}:{{{shard_tag(index)}}}"
-        return JobShard(index, f"{rest}:first", rest)
+        return JobShard(index, f"{rest}:first", rest, f"{rest}:batch")
 
     @property
     def job_shards(self) -> tuple[JobShard, ...]:
@@ -83,6 +86,17 @@ class Keys:
         then every shard's `rest`."""
         shards = self.job_shards
         return tuple(s.first for s in shards) + tuple(s.rest for s in shards)
+
+    @property
+    def batch_streams(self) -> tuple[str, ...]:
+        """Every shard's stream of batch sentences (served after every real-time stream)."""
+        return tuple(s.batch for s in self.job_shards)
+
+    @property
+    def worker_streams(self) -> tuple[str, ...]:
+        """Every stream the workers' group reads, in the order they serve them: real-time
+        first sentences, real-time, batch."""
+        return self.job_streams + self.batch_streams
 
     @property
     def dead_letters(self) -> str:
@@ -115,6 +129,63 @@ class Keys:
     def cancelled(self, session_id: str) -> str:
         """Set of cancel tokens for a session: `*`, `u<utt>` or `u<utt>:s<sentence>`."""
         return f"{self.prefix}:{{{session_id}}}:cancelled"
+
+    # Batch synthesis (batch/, api/batch.py). A batch job's sentences run as the pseudo-session
+    # `batch-<id>`, so the cancel set and notices work for them as for a session.
+
+    @property
+    def arq_queue(self) -> str:
+        """arq's queue (a sorted set) of batch jobs and housekeeping runs."""
+        return f"{self.prefix}:arq:queue"
+
+    def batch(self, batch_id: str) -> str:
+        """Hash: a batch job's request and status (status, total, done, format, rate, ...)."""
+        return f"{self.prefix}:{{{batch_session(batch_id)}}}:batch"
+
+    def batch_sentences(self, batch_id: str) -> str:
+        """List: the job's sentences, as the coordinator split them (once)."""
+        return f"{self.prefix}:{{{batch_session(batch_id)}}}:sentences"
+
+    def batch_queued(self, batch_id: str) -> str:
+        """Hash: sentence index -> its entry id on the batch stream (queued, not yet done)."""
+        return f"{self.prefix}:{{{batch_session(batch_id)}}}:queued"
+
+    def batch_audio(self, batch_id: str) -> str:
+        """Hash: sentence index -> its PCM (or `!<reason>` when it failed), set by workers."""
+        return f"{self.prefix}:{{{batch_session(batch_id)}}}:audio"
+
+    def batch_events(self, batch_id: str) -> str:
+        """Stream: one entry per finished sentence or cancel: wakes the coordinator's XREAD."""
+        return f"{self.prefix}:{{{batch_session(batch_id)}}}:events"
+
+    def batch_result(self, batch_id: str) -> str:
+        """String: the finished file, when small enough to live in Redis (TTL)."""
+        return f"{self.prefix}:{{{batch_session(batch_id)}}}:result"
+
+    # Housekeeping (batch/housekeeping.py).
+
+    @property
+    def dead_letter_report(self) -> str:
+        """Hash: dead-letter entry id -> JSON of the job and why it was given up on."""
+        return f"{self.prefix}:jobs:dead:report"
+
+    @property
+    def stats(self) -> str:
+        """Hash: the queue statistics of the last housekeeping run (also published)."""
+        return f"{self.prefix}:stats"
+
+    @property
+    def stats_channel(self) -> str:
+        """Pub/sub channel on which every housekeeping run publishes the queue statistics."""
+        return f"{self.prefix}:stats"
+
+
+BATCH_SESSION_PREFIX = "batch-"
+
+
+def batch_session(batch_id: str) -> str:
+    """The pseudo-session id a batch job's sentences carry."""
+    return f"{BATCH_SESSION_PREFIX}{batch_id}"
 
 
 def cancel_tokens(utterance: int, sentence: int) -> list[str]:

@@ -149,11 +149,12 @@ _SETTLED = (
 )
 
 
-def job_started(sentence: int, enqueued_at: float, held: int) -> None:
-    """A worker starts a job; `held` is how many it holds now, this one included."""
+def job_started(stream: str, enqueued_at: float, held: int) -> None:
+    """A worker starts a job of `stream` (first, rest, batch); `held` is how many it holds
+    now, this one included."""
     # Wall clocks of two hosts: a skewed clock must not give a negative wait.
     wait = max(time.time() - enqueued_at, 0.0)
-    WORKER_QUEUE_WAIT.labels("first" if sentence == 0 else "rest").observe(wait)
+    WORKER_QUEUE_WAIT.labels(stream).observe(wait)
     WORKER_BATCH_SIZE.labels("job_start").observe(held)
 
 

@@ -17,7 +17,7 @@ async def ensure_jobs_group(redis: Client, keys: Keys) -> None:
     existed must be delivered, and the stream holds nothing else (entries are deleted once
     acknowledged).
     """
-    for stream in keys.job_streams:
+    for stream in keys.worker_streams:
         try:
             await redis.xgroup_create(stream, JOBS_GROUP, id="0", mkstream=True)
         except ResponseError as exc:

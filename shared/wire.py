@@ -26,6 +26,7 @@ class Job:
     word_timestamps: bool = False
     enqueued_at: float = 0.0  # unix seconds, for queue-latency metrics
     extra: dict[str, Any] = field(default_factory=dict)  # compatibility fields the engine honours
+    batch: str = ""  # the batch job's id; "" for a real-time sentence
 
     def pack(self) -> bytes:
         return msgpack.packb(
@@ -43,6 +44,7 @@ class Job:
                 self.word_timestamps,
                 self.enqueued_at,
                 self.extra,
+                self.batch,
             ]
         )
 

@@ -10,12 +10,14 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 from redis.exceptions import ResponseError
 
 from shared import logs, metrics
 from shared.audio.formats import SentenceEncoder
+from shared.batches import FAILED_MARK, FINAL, BatchStatus, record_in
 from shared.config import Settings
 from shared.connections import TRANSIENT_ERRORS, Client, connect
 from shared.keys import JOBS_GROUP, JobShard, Keys, cancel_tokens
@@ -63,6 +65,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     token: Cancellation | None = None
     lost: bool = False  # another worker claimed it: stop, and do not acknowledge
+    batch: bool = False  # a batch job's sentence (read from a batch stream)
 
 
 class Worker:
@@ -163,9 +166,17 @@ class Worker:
         """Slots neither running a job nor promised to a claim under way."""
         return self.slots() - len(self._running) - self._claiming
 
-    async def _free_slots(self) -> int:
+    def _batch_room(self) -> int:
+        """Slots a batch sentence may take now: batch holds at most `batch_share` of the slots
+        (at least one), so real-time sentences always find the rest free."""
+        cap = max(1, int(self.slots() * self.settings.batch_share))
+        held = sum(1 for r in self._running.values() if r.batch)
+        return min(cap - held, self._room())
+
+    async def _free_slots(self, room: Callable[[], int] | None = None) -> int:
+        room = room or self._room
         while True:
-            free = self._room()
+            free = room()
             if free > 0:
                 return free
             self._slot_freed.clear()
@@ -175,6 +186,11 @@ class Worker:
         """One blocking reader per jobs shard (a cluster runs no XREADGROUP across slots)."""
         tasks = [
             asyncio.create_task(self._read_shard(reader, shard), name=f"voxline-read-{shard.index}")
+            for shard in self.keys.job_shards
+        ] + [
+            asyncio.create_task(
+                self._read_batch_shard(reader, shard), name=f"voxline-batch-{shard.index}"
+            )
             for shard in self.keys.job_shards
         ]
         try:
@@ -199,44 +215,96 @@ class Worker:
                     continue
             # A blocking read is cut short to keep the claim schedule.
             block_ms = int(min(_BLOCK_MS, max((self._next_claim - time.monotonic()) * 1000, 1)))
-            try:
-                deliveries = await self._read(reader, shard, self._share(free), block_ms)
-                backoff.reset()
-            except TRANSIENT_ERRORS as exc:  # before ResponseError: CLUSTERDOWN is one
-                metrics.redis_error("read")
-                delay = backoff.next()
-                log.warning(
-                    "jobs shard %d unreachable (%s); retry in %.2fs", shard.index, exc, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                with contextlib.suppress(*TRANSIENT_ERRORS):  # the stream was deleted
-                    await ensure_jobs_group(self._redis, self.keys)
-                continue
+            deliveries = await self._attempt_read(
+                shard, backoff, self._read(reader, shard, self._share(free), block_ms)
+            )
             # What the read returned stays pending and is claimed by another worker.
             _honour_cancel()
             if self._stopping:
                 return
-            # Readers of other shards may have filled the slots meanwhile (they wait at the
-            # same time): the surplus goes back to this shard, ahead of its queue.
-            room = max(self._room(), 0)
-            if len(deliveries) > room:
-                try:
-                    await self._requeue(shard, deliveries[room:])
-                    await self._registration.bump(handed_back=len(deliveries) - room)
-                except TRANSIENT_ERRORS as exc:
-                    metrics.redis_error("read")
-                    # Still pending here: they look abandoned after claim_idle and are claimed.
-                    log.warning("could not hand back %d jobs (%s)", len(deliveries) - room, exc)
-                deliveries = deliveries[:room]
-            self._start(deliveries)
             if deliveries:
-                # Let the new jobs send their first commands before this reader sends its
-                # next read: time to first audio is on their path, not on the read's.
-                await asyncio.sleep(0)
+                await self._take(shard, deliveries)
+
+    async def _read_batch_shard(self, reader: Client, shard: JobShard) -> None:
+        """Batch sentences of one shard, whenever a slot batch may use is free and no
+        real-time sentence wants it: such a slot is offered to the real-time streams first
+        (without waiting), and only when they are empty does this wait on the batch stream.
+        Claims of abandoned batch jobs ride the real-time reader's claims."""
+        backoff = _Backoff()
+        while not self._stopping:
+            _honour_cancel()
+            want = await self._free_slots(self._batch_room)
+            deliveries = await self._attempt_read(
+                shard, backoff, self._read_batch(reader, shard, want)
+            )
+            _honour_cancel()
+            if self._stopping:
+                return
+            if deliveries:
+                await self._take(shard, deliveries)
+
+    async def _read_batch(self, reader: Client, shard: JobShard, want: int) -> list[Delivery]:
+        realtime = dict.fromkeys(shard.streams, ">")
+        got = _deliveries(await read_group(reader, self.id, realtime, count=want))
+        if got:
+            return sorted(got, key=lambda d: d.stream != shard.first)
+        batch = {shard.batch: ">"}
+        return _deliveries(await read_group(reader, self.id, batch, count=want, block=_BLOCK_MS))
+
+    async def _attempt_read(
+        self, shard: JobShard, backoff: _Backoff, read: Awaitable[list[Delivery]]
+    ) -> list[Delivery]:
+        """One read of a shard; nothing (after a back-off) when Redis failed it."""
+        try:
+            deliveries = await read
+            backoff.reset()
+            return deliveries
+        except TRANSIENT_ERRORS as exc:  # before ResponseError: CLUSTERDOWN is one
+            metrics.redis_error("read")
+            delay = backoff.next()
+            log.warning("jobs shard %d unreachable (%s); retry in %.2fs", shard.index, exc, delay)
+            await asyncio.sleep(delay)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            with contextlib.suppress(*TRANSIENT_ERRORS):  # the stream was deleted
+                await ensure_jobs_group(self._redis, self.keys)
+        return []
+
+    async def _take(self, shard: JobShard, deliveries: list[Delivery]) -> None:
+        """Start what the slots hold room for. Readers of other shards (and this shard's batch
+        reader) may have filled the slots meanwhile, as they wait at the same time: the surplus
+        goes back to this shard, a real-time job ahead of its queue."""
+        assert self._registration is not None
+        room = max(self._room(), 0)
+        batch_room = max(self._batch_room(), 0)
+        take: list[Delivery] = []
+        surplus: list[Delivery] = []
+        for delivery in deliveries:
+            if len(take) >= room:
+                surplus.append(delivery)
+            elif delivery.stream == shard.batch:
+                if batch_room > 0:
+                    batch_room -= 1
+                    take.append(delivery)
+                else:
+                    surplus.append(delivery)
+            else:
+                take.append(delivery)
+        # Started before the hand-back's round trip, so no other reader counts their slots free.
+        self._start(take)
+        if surplus:
+            try:
+                await self._requeue(shard, surplus)
+                await self._registration.bump(handed_back=len(surplus))
+            except TRANSIENT_ERRORS as exc:
+                metrics.redis_error("read")
+                # Still pending here: they look abandoned after claim_idle and are claimed.
+                log.warning("could not hand back %d jobs (%s)", len(surplus), exc)
+        if take:
+            # Let the new jobs send their first commands before this reader sends its next
+            # read: time to first audio is on their path, not on the read's.
+            await asyncio.sleep(0)
 
     def _share(self, free: int) -> int:
         """What one shard's reader asks for: its share of the free slots (at least one). The
@@ -269,7 +337,8 @@ class Worker:
         assert self._redis is not None
         async with self._redis.pipeline(transaction=True) as pipe:
             for delivery in surplus:
-                pipe.xadd(shard.first, delivery.fields)
+                back = shard.batch if delivery.stream == shard.batch else shard.first
+                pipe.xadd(back, delivery.fields)
                 pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
                 pipe.xdel(delivery.stream, delivery.entry_id)
             await pipe.execute()
@@ -279,9 +348,10 @@ class Worker:
         # Claimed jobs are started whatever the count (handing one back would cost it a
         # delivery), so their slots are held while the claim runs; readers returning meanwhile
         # hand their surplus back instead.
+        batch = max(self._batch_room(), 0)
         self._claiming = free
         try:
-            result = await self._recovery.claim(free)
+            result = await self._recovery.claim(free, batch)
         except TRANSIENT_ERRORS as exc:
             metrics.redis_error("claim")
             log.warning("could not look for abandoned jobs (%s)", exc)
@@ -306,9 +376,10 @@ class Worker:
 
     def _start(self, deliveries: list[Delivery]) -> None:
         self.claimed_max = max(self.claimed_max, len(self._running) + len(deliveries))
+        batch_streams = set(self.keys.batch_streams)
         for delivery in deliveries:
             key = (delivery.stream, delivery.entry_id)
-            running = self._running[key] = _Running()
+            running = self._running[key] = _Running(batch=delivery.stream in batch_streams)
             running.task = asyncio.create_task(self._process(delivery, running))
             running.task.add_done_callback(lambda _t, k=key: self._job_done(k))
 
@@ -420,7 +491,11 @@ class Worker:
         counts: dict[str, int],
     ) -> None:
         logs.bind_job(job.session_id, job.utterance, job.sentence)  # this job's task only
-        metrics.job_started(job.sentence, job.enqueued_at, len(self._running))
+        stream = "batch" if job.batch else "first" if job.sentence == 0 else "rest"
+        metrics.job_started(stream, job.enqueued_at, len(self._running))
+        if job.batch:
+            await self._run_batch_job(redis, job, running, counts)
+            return
         token = running.token = self.in_flight.add(job)
         outbox = self._outbox
         assert outbox is not None
@@ -450,6 +525,81 @@ class Worker:
         finally:
             self.in_flight.remove(token)
             await stop(preflight)
+
+    async def _run_batch_job(
+        self, redis: Client, job: Job, running: _Running, counts: dict[str, int]
+    ) -> None:
+        """A batch job's sentence: synthesized whole (nobody is listening live), its PCM at the
+        asked rate stored for the coordinator, which assembles the file. Checked before the
+        engine starts: no latency to win here."""
+        token = running.token = self.in_flight.add(job)
+        try:
+            if self.in_flight.cancelled(job):
+                counts["skipped_cancelled"] = 1
+                return
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.smismember(
+                    self.keys.cancelled(job.session_id), cancel_tokens(job.utterance, job.sentence)
+                )
+                pipe.hget(self.keys.batch(job.batch), "status")
+                flags, status = await pipe.execute()
+            if status is None:
+                counts["orphaned"] = 1  # the job expired or was deleted
+                return
+            if any(flags) or BatchStatus(status.decode()) in FINAL:
+                counts["skipped_cancelled"] = 1
+                return
+            audio = await self._synthesize_whole(job, token, counts)
+            if audio is None or running.lost:
+                return
+            try:
+                async with redis.pipeline(transaction=True) as pipe:
+                    record_in(pipe, self.keys, job.batch, job.sentence, audio)
+                    await pipe.execute()
+            except TRANSIENT_ERRORS as exc:
+                # Not recorded: left pending, so it is claimed and made again.
+                metrics.redis_error("job")
+                log.warning("batch sentence %s/%d not stored (%s)", job.batch, job.sentence, exc)
+                counts.clear()
+                counts["released"] = 1
+        finally:
+            self.in_flight.remove(token)
+
+    async def _synthesize_whole(
+        self, job: Job, token: Cancellation, counts: dict[str, int]
+    ) -> bytes | None:
+        """One sentence's PCM at the job's rate; FAILED_MARK + the reason when the engine
+        failed; None when it was cancelled."""
+        info = self.engine.info
+        encoder = SentenceEncoder(
+            "pcm", info.sample_rate, job.sample_rate or info.sample_rate, stream=True
+        )
+        counts.update(started=1, chunks=0)
+        began, samples, pcm = time.perf_counter(), 0, bytearray()
+        try:
+            async with contextlib.aclosing(self.engine.synthesize(_request(job), token)) as chunks:
+                async for chunk in chunks:
+                    if token.is_set():
+                        break
+                    counts["chunks"] += 1
+                    samples += len(chunk.pcm)
+                    pcm += encoder.encode(chunk.pcm)
+            if token.is_set():
+                counts["cancelled"] = 1
+                return None
+            pcm += encoder.finish()
+        except asyncio.CancelledError:
+            counts["released"] = 1  # shutting down: nobody heard anything, hand it back
+            raise
+        except Exception as exc:
+            if not isinstance(exc, EngineError):
+                log.exception("batch sentence %s/%d failed", job.batch, job.sentence)
+            counts["failed"] = 1
+            reason = str(exc) if isinstance(exc, EngineError) else type(exc).__name__
+            return FAILED_MARK + f"sentence {job.sentence}: {reason}".encode()
+        counts["completed"] = 1
+        metrics.synthesized(info.name, time.perf_counter() - began, samples, info.sample_rate)
+        return bytes(pcm)
 
     async def _preflight(
         self, redis: Client, job: Job, publisher: SentencePublisher, token: Cancellation
@@ -496,14 +646,7 @@ class Worker:
             job.sample_rate or info.sample_rate,
             stream=job.stream_audio,
         )
-        request = SynthesisRequest(
-            text=job.text,
-            voice=job.voice,
-            language=job.language,
-            speed=job.speed,
-            word_timestamps=job.word_timestamps,
-            extra=job.extra,
-        )
+        request = _request(job)
         counts.update(started=1, chunks=0)
         began, samples = time.perf_counter(), 0
         try:
@@ -570,6 +713,17 @@ class _Stopped(Exception):
     def __init__(self, outcome: str) -> None:
         super().__init__(outcome)
         self.outcome = outcome  # "skipped_cancelled" or "orphaned"
+
+
+def _request(job: Job) -> SynthesisRequest:
+    return SynthesisRequest(
+        text=job.text,
+        voice=job.voice,
+        language=job.language,
+        speed=job.speed,
+        word_timestamps=job.word_timestamps,
+        extra=job.extra,
+    )
 
 
 def _honour_cancel() -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from shared.batches import FAILED_MARK, record_in
 from shared.channels import publish_event
 from shared.connections import Client
 from shared.keys import JOBS_GROUP, Keys
@@ -53,14 +54,14 @@ class Recovery:
         self._id = worker_id
         self._idle_ms = max(int(claim_idle * 1000), 1)
         self._max_deliveries = max_deliveries
-        self._cursors: dict[str, bytes | str] = dict.fromkeys(keys.job_streams, "0-0")
+        self._cursors: dict[str, bytes | str] = dict.fromkeys(keys.worker_streams, "0-0")
 
     async def refresh(self, held: set[tuple[str, bytes]]) -> set[tuple[str, bytes]]:
         """Reset the idle time of the jobs this worker holds, as (stream, entry id); return
         those it no longer owns (another worker claimed them while this one was cut off: it
         must stop and not acknowledge)."""
         lost: set[tuple[str, bytes]] = set()
-        for stream in self._keys.job_streams:
+        for stream in self._keys.worker_streams:
             ids = {entry_id for s, entry_id in held if s == stream}
             if not ids:
                 continue
@@ -90,13 +91,19 @@ class Recovery:
             justid=True,
         )
 
-    async def claim(self, count: int) -> ClaimResult:
+    async def claim(self, count: int, batch: int = 0) -> ClaimResult:
         """Take up to `count` jobs abandoned for `claim_idle` by other consumers, first
-        sentences first (every shard's), one XAUTOCLAIM per stream: a cluster runs no command
-        across slots."""
+        sentences first (every shard's), batch sentences last and at most `batch` of them,
+        one XAUTOCLAIM per stream: a cluster runs no command across slots."""
         result = ClaimResult([])
         for stream in self._keys.job_streams:
             room = count - len(result.deliveries)
+            if room < 1:
+                return result
+            await self._claim_from(stream, room, result)
+        taken = len(result.deliveries)
+        for stream in self._keys.batch_streams:
+            room = min(count - len(result.deliveries), batch - (len(result.deliveries) - taken))
             if room < 1:
                 break
             await self._claim_from(stream, room, result)
@@ -167,7 +174,9 @@ class Recovery:
             )
             pipe.xack(delivery.stream, JOBS_GROUP, entry_id)
             pipe.xdel(delivery.stream, entry_id)
-            if job is not None:
+            if job is not None and job.batch:
+                record_in(pipe, self._keys, job.batch, job.sentence, FAILED_MARK + reason.encode())
+            elif job is not None:
                 # As a new attempt, so the front end takes it even after another worker's
                 # STARTED; seq 0 since nothing else of this attempt exists.
                 event = Event(EventKind.ERROR, job.utterance, job.sentence, 0, reason, attempt)
