@@ -43,4 +43,3 @@ async def enqueue_batch(pool: ArqRedis, queue: str, batch_id: str) -> Any:
     return await pool.enqueue_job(
         SYNTHESIZE_BATCH, batch_id, _job_id=arq_job_id(batch_id), _queue_name=queue
     )
-

@@ -10,14 +10,14 @@ from __future__ import annotations
 import enum
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from redis.exceptions import WatchError
+
 from shared.connections import Client
 from shared.keys import Keys
-
-# A sentence's entry in the audio hash that failed instead of producing audio.
-FAILED_MARK = b"!"
 
 
 class BatchStatus(enum.StrEnum):
@@ -149,37 +149,54 @@ class Batches:
         return BatchStatus(raw.decode()) if raw else None
 
     async def set_fields(self, batch_id: str, **fields: object) -> None:
-        """Update an unfinished job's hash (only while it still exists: a job deleted or
-        expired meanwhile is not brought back as a stub)."""
-        key = self.keys.batch(batch_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            if not await pipe.exists(key):
-                await pipe.reset()
-                return
-            pipe.multi()
-            pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
-            await pipe.execute()
+        """Update a job's hash, only while it exists: a job deleted or expired meanwhile is
+        not brought back as a stub."""
+        mapping = {k: str(v) for k, v in fields.items()}
+
+        async def update(pipe: Any, current: BatchStatus | None) -> bool:
+            if current is None:
+                return False
+            pipe.hset(self.keys.batch(batch_id), mapping=mapping)
+            return True
+
+        await self._transact(batch_id, update)
 
     async def finish(self, batch_id: str, status: BatchStatus, **fields: object) -> bool:
         """Move an unfinished job to a final status, drop its working keys and start its
         result's TTL; False when it was final already (a cancel and a finish race)."""
         key = self.keys.batch(batch_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            current = await pipe.hget(key, "status")
-            if current is None or BatchStatus(current.decode()) in FINAL:
-                await pipe.reset()
+        mapping = {k: str(v) for k, v in fields.items()}
+        mapping.update(status=str(status), finished_at=f"{time.time():.3f}")
+
+        async def end(pipe: Any, current: BatchStatus | None) -> bool:
+            if current is None or current in FINAL:
                 return False
-            pipe.multi()
-            mapping = {k: str(v) for k, v in fields.items()}
-            mapping.update(status=str(status), finished_at=f"{time.time():.3f}")
             pipe.hset(key, mapping=mapping)
             pipe.hdel(key, "text")  # the request's text is not needed any more
             pipe.expire(key, self._result_ttl)
             pipe.delete(*self.working_keys(batch_id))
-            await pipe.execute()
-        return True
+            return True
+
+        return await self._transact(batch_id, end)
+
+    async def _transact(
+        self, batch_id: str, change: Callable[[Any, BatchStatus | None], Awaitable[bool]]
+    ) -> bool:
+        """Run `change` on the job's hash as one transaction, decided on its current status;
+        again when a worker or another process wrote the hash meanwhile."""
+        key = self.keys.batch(batch_id)
+        while True:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, "status")
+                    pipe.multi()
+                    if not await change(pipe, BatchStatus(raw.decode()) if raw else None):
+                        return False
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
 
     def working_keys(self, batch_id: str) -> list[str]:
         k = self.keys
@@ -191,11 +208,18 @@ class Batches:
         ]
 
 
-def record_in(pipe: Any, keys: Keys, batch_id: str, sentence: int, audio: bytes) -> None:
-    """A worker's result for one sentence: its PCM, or FAILED_MARK + the reason. The
-    coordinator is woken by the events entry; a re-run sentence overwrites its own field, so
-    the file never holds a sentence twice."""
-    pipe.hset(keys.batch_audio(batch_id), str(sentence), audio)
+def record_in(pipe: Any, keys: Keys, batch_id: str, sentence: int, pcm: bytes, ttl: int) -> None:
+    """A worker's audio for one sentence. The coordinator is woken by the events entry; a
+    sentence made twice overwrites its own field, so the file never holds it twice."""
+    audio = keys.batch_audio(batch_id)
+    pipe.hset(audio, str(sentence), pcm)
+    pipe.expire(audio, ttl)  # a late write after the job ended does not live for ever
+    pipe.xadd(keys.batch_events(batch_id), {"s": sentence}, maxlen=1000, approximate=True)
+
+
+def record_failure_in(pipe: Any, keys: Keys, batch_id: str, sentence: int, reason: str) -> None:
+    """A sentence that cannot be made fails its job (the first failure is the one reported)."""
+    pipe.hsetnx(keys.batch(batch_id), "failed", f"sentence {sentence}: {reason}")
     pipe.xadd(keys.batch_events(batch_id), {"s": sentence}, maxlen=1000, approximate=True)
 
 

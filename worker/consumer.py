@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 
 from shared import logs, metrics
 from shared.audio.formats import SentenceEncoder
-from shared.batches import FAILED_MARK, FINAL, BatchStatus, record_in
+from shared.batches import FINAL, BatchStatus, record_failure_in, record_in
 from shared.config import Settings
 from shared.connections import TRANSIENT_ERRORS, Client, connect
 from shared.keys import JOBS_GROUP, JobShard, Keys, cancel_tokens
@@ -416,12 +416,19 @@ class Worker:
         be a Redis restart that the front end has not re-leased yet); return this round's
         missing leases."""
         assert self._redis is not None
-        sessions = sorted({job.session_id for job, _ in self.in_flight.items()})
+        # A batch job has no front end: it lives while its status hash does.
+        alive = {
+            job.session_id: self.keys.batch(job.batch)
+            if job.batch
+            else self.keys.lease(job.session_id)
+            for job, _ in self.in_flight.items()
+        }
+        sessions = sorted(alive)
         if not sessions:
             return set()
         async with self._redis.pipeline(transaction=False) as pipe:
             for session_id in sessions:
-                pipe.exists(self.keys.lease(session_id))
+                pipe.exists(alive[session_id])
             found = await pipe.execute()
         missing = {sid for sid, present in zip(sessions, found, strict=True) if not present}
         for session_id in missing & suspects:
@@ -549,12 +556,16 @@ class Worker:
             if any(flags) or BatchStatus(status.decode()) in FINAL:
                 counts["skipped_cancelled"] = 1
                 return
-            audio = await self._synthesize_whole(job, token, counts)
-            if audio is None or running.lost:
+            pcm, error = await self._synthesize_whole(job, token, counts)
+            if running.lost or (pcm is None and not error):
                 return
+            ttl = self.settings.batch_result_ttl + int(self.settings.batch_timeout)
             try:
                 async with redis.pipeline(transaction=True) as pipe:
-                    record_in(pipe, self.keys, job.batch, job.sentence, audio)
+                    if pcm is not None:
+                        record_in(pipe, self.keys, job.batch, job.sentence, pcm, ttl)
+                    else:
+                        record_failure_in(pipe, self.keys, job.batch, job.sentence, error)
                     await pipe.execute()
             except TRANSIENT_ERRORS as exc:
                 # Not recorded: left pending, so it is claimed and made again.
@@ -567,9 +578,9 @@ class Worker:
 
     async def _synthesize_whole(
         self, job: Job, token: Cancellation, counts: dict[str, int]
-    ) -> bytes | None:
-        """One sentence's PCM at the job's rate; FAILED_MARK + the reason when the engine
-        failed; None when it was cancelled."""
+    ) -> tuple[bytes | None, str]:
+        """One sentence's PCM at the job's rate, or why the engine failed; (None, "") when
+        it was cancelled."""
         info = self.engine.info
         encoder = SentenceEncoder(
             "pcm", info.sample_rate, job.sample_rate or info.sample_rate, stream=True
@@ -586,7 +597,7 @@ class Worker:
                     pcm += encoder.encode(chunk.pcm)
             if token.is_set():
                 counts["cancelled"] = 1
-                return None
+                return None, ""
             pcm += encoder.finish()
         except asyncio.CancelledError:
             counts["released"] = 1  # shutting down: nobody heard anything, hand it back
@@ -595,11 +606,10 @@ class Worker:
             if not isinstance(exc, EngineError):
                 log.exception("batch sentence %s/%d failed", job.batch, job.sentence)
             counts["failed"] = 1
-            reason = str(exc) if isinstance(exc, EngineError) else type(exc).__name__
-            return FAILED_MARK + f"sentence {job.sentence}: {reason}".encode()
+            return None, str(exc) if isinstance(exc, EngineError) else type(exc).__name__
         counts["completed"] = 1
         metrics.synthesized(info.name, time.perf_counter() - began, samples, info.sample_rate)
-        return bytes(pcm)
+        return bytes(pcm), ""
 
     async def _preflight(
         self, redis: Client, job: Job, publisher: SentencePublisher, token: Cancellation

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from shared.batches import FAILED_MARK, record_in
+from shared.batches import record_failure_in
 from shared.channels import publish_event
 from shared.connections import Client
 from shared.keys import JOBS_GROUP, Keys
@@ -175,7 +175,7 @@ class Recovery:
             pipe.xack(delivery.stream, JOBS_GROUP, entry_id)
             pipe.xdel(delivery.stream, entry_id)
             if job is not None and job.batch:
-                record_in(pipe, self._keys, job.batch, job.sentence, FAILED_MARK + reason.encode())
+                record_failure_in(pipe, self._keys, job.batch, job.sentence, reason)
             elif job is not None:
                 # As a new attempt, so the front end takes it even after another worker's
                 # STARTED; seq 0 since nothing else of this attempt exists.

@@ -36,6 +36,12 @@ MEDIA_TYPES: dict[str, str] = {
     "aac": "audio/aac",  # ADTS
     "flac": "audio/flac",
 }
+# A file's extension per format, where players expect another than the format's name: Ogg
+# Opus is `.ogg`; G.711 files are `.ulaw` / `.alaw` (what sox and ffmpeg recognize).
+FILE_EXTENSIONS: dict[str, str] = {fmt: fmt for fmt in ALL_FORMATS} | {
+    "opus": "ogg",
+    "mulaw": "ulaw",
+}
 
 MIN_RATE = 8000
 MAX_RATE = 48000

@@ -1,0 +1,116 @@
+"""The arq worker (`voxline arq`): runs batch jobs and the housekeeping cron.
+
+Any number of these may run: arq starts each queued job on one of them, a cron run is one arq
+job per tick whose id names the tick (so several replicas run it once), and every housekeeping
+task is idempotent besides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import arq.worker
+from arq import cron, func
+from arq.worker import Worker
+
+from batch.connections import SYNTHESIZE_BATCH, arq_pool
+from batch.coordinator import Coordinator
+from batch.housekeeping import CRON_TASKS
+from shared.config import Settings
+from shared.connections import Client, connect, is_memory
+from shared.keys import Keys
+
+log = logging.getLogger("voxline.batch")
+
+# When each housekeeping task runs (arq cron fields). Statistics are for dashboards, so often;
+# the rest are clean-ups whose backlog grows slowly.
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "publish_stats": {"second": set(range(0, 60, 10))},
+    "trim_streams": {"second": 5},
+    "drain_dead_letters": {"second": 15},
+    "expire_orphans": {"minute": set(range(0, 60, 5)), "second": 25},
+}
+# A batch job dies with its arq process this many times before arq gives up on it.
+MAX_TRIES = 25
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    settings: Settings
+    keys: Keys
+    redis: Client
+
+
+async def synthesize_batch(ctx: dict[str, Any], batch_id: str) -> str:
+    v: _Context = ctx["voxline"]
+    coordinator = Coordinator(
+        v.redis, v.keys, v.settings, batch_id, arq=ctx["redis"], arq_job_id=ctx["job_id"]
+    )
+    return await coordinator.run()
+
+
+def _cron_job(name: str) -> Any:
+    task = CRON_TASKS[name]
+
+    async def run(ctx: dict[str, Any]) -> Any:
+        v: _Context = ctx["voxline"]
+        return await task(v.redis, v.keys, v.settings)
+
+    run.__qualname__ = run.__name__ = name
+    # A tick's run ends well before the next tick; arq keeps no result of it.
+    return cron(run, name=f"voxline:{name}", keep_result=0, timeout=300, **SCHEDULES[name])
+
+
+def make_worker(settings: Settings, *, burst: bool = False, poll_delay: float = 0.5) -> Worker:
+    keys = Keys(settings.key_prefix, settings.job_shards)
+    pool = arq_pool(settings)
+    if is_memory(settings.arq_redis_url or settings.redis_url):
+        # arq logs the server's INFO at start, which the in-memory Redis does not answer.
+        arq.worker.log_redis_info = _no_server_info  # type: ignore[attr-defined]
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["voxline"] = _Context(settings, keys, connect(settings.redis_url))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "voxline" in ctx:
+            await ctx["voxline"].redis.aclose()
+
+    return Worker(
+        functions=[
+            func(
+                synthesize_batch,
+                name=SYNTHESIZE_BATCH,
+                timeout=settings.batch_timeout,
+                max_tries=MAX_TRIES,
+                keep_result=settings.batch_result_ttl,
+            )
+        ],
+        cron_jobs=[_cron_job(name) for name in CRON_TASKS],
+        redis_pool=pool,
+        queue_name=keys.arq_queue,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        burst=burst,
+        poll_delay=poll_delay,
+        handle_signals=False,  # the caller owns the signals (voxline arq, voxline serve)
+        max_jobs=16,
+        # A SIGTERM'd job is put back for another process; its work so far is kept in Redis.
+        retry_jobs=True,
+    )
+
+
+async def run_arq(settings: Settings, *, poll_delay: float = 0.5) -> None:
+    """Serve batch jobs and the cron until cancelled; running jobs are put back on the queue
+    (they resume where they were, on this or another arq process)."""
+    worker = make_worker(settings, poll_delay=poll_delay)
+    log.info("arq worker: queue %s", worker.queue_name)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+async def _no_server_info(redis: Any, log_func: Any) -> None:
+    log_func("redis: in memory")
