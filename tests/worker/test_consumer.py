@@ -11,7 +11,8 @@ import pytest
 from api.queue import JobQueue
 from shared.config import Settings
 from shared.connections import connect
-from shared.keys import Keys
+from shared.keys import Keys, batch_session
+from shared.streams import ensure_jobs_group
 from shared.wire import Event, EventKind, Job
 from tests.harness import pending_jobs, queued_jobs
 from worker.consumer import Worker
@@ -307,6 +308,50 @@ async def test_work_of_a_session_whose_front_end_died_stops(
         assert worker.stats["completed"] == 0
         assert not await redis.exists(keys.lease("sess"))
         assert await pending_jobs(redis, keys) == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()
+
+
+async def test_batch_sentences_wait_for_real_time_ones_and_keep_to_their_share(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Real-time sentences queued at the same time as batch ones start first, and batch work
+    never holds more than `batch_share` of the slots (here 1 of 2)."""
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    batch_id = "b" * 24
+    await redis.hset(keys.batch(batch_id), mapping={"status": "running"})
+    await redis.set(keys.lease("sess"), b"1")
+    shard = keys.shard_of(batch_session(batch_id))
+    await ensure_jobs_group(redis, keys)
+    for i in range(4):  # queued first
+        job = _job(
+            i, "A batch sentence that takes a while.", batch_session(batch_id), batch=batch_id
+        )
+        await redis.xadd(shard.batch, {"j": job.pack()})
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    await queue.enqueue(_job(0, "A real-time sentence."), _job(1, "Another real-time one."))
+    settings = Settings(redis_url=redis_url, key_prefix=key_prefix, batch_share=0.5)
+    worker = Worker(settings, ToneEngine(rtf=0.5), concurrency=2)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        await asyncio.sleep(0.2)
+        first = [job.batch for job, _ in worker.in_flight.items()]
+        assert first == ["", ""], "the real-time sentences took both slots"
+        most_batch = 0
+        for _ in range(1000):
+            running = [job.batch for job, _ in worker.in_flight.items()]
+            most_batch = max(most_batch, sum(1 for b in running if b))
+            if await redis.hlen(keys.batch_audio(batch_id)) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert await redis.hlen(keys.batch_audio(batch_id)) == 4
+        assert most_batch == 1
+        assert worker.claimed_max <= 2
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
