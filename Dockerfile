@@ -8,8 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# A fixed uid, so Kubernetes' runAsUser/fsGroup can name it (deploy/k8s/).
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/voxline voxline
+# A fixed uid, so Kubernetes' runAsUser/fsGroup can name it (deploy/k8s/). The batch results
+# directory exists in the image, owned by that user: a named volume mounted on it starts with
+# its ownership (compose.yaml's batch-results), where Docker would make a missing one root's.
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/voxline voxline \
+    && install -d -o voxline -g voxline /var/lib/voxline/batch
 WORKDIR /app
 
 FROM base AS api
@@ -17,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY batch ./batch
 COPY voxline ./voxline
 # Base dependencies only: the `model` extra (torch, transformers) never enters this image.
 RUN pip install . && rm -rf build
@@ -39,6 +43,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY batch ./batch
 COPY voxline ./voxline
 # The extra pins torch==2.13.0, which 2.13.0+cu128 satisfies; the constraint turns any attempt to
 # swap it for PyPI's build into a failed build instead of a silent re-download.

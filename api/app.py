@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Route
 
 from api import demo
 from api.auth import Authenticator, AuthMiddleware, KeySessions, describe, install_log_redaction
+from api.batch import batch_router
 from api.catalog import catalog_router
 from api.errors import HTTPError
 from api.hub import Hub
@@ -60,9 +64,10 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
     app.include_router(demo.router)
     # Every REST route raises HTTPError for its OpenAI-shaped error responses.
     app.add_exception_handler(HTTPError, lambda _request, exc: exc.response())
-    app.include_router(speech_router(settings))
-    app.include_router(catalog_router())
-    app.include_router(metrics_router)
+    routers = [speech_router(settings), batch_router(settings), catalog_router(), metrics_router]
+    for router in routers:
+        app.include_router(router)
+    app.add_exception_handler(405, _method_not_allowed([r for x in routers for r in x.routes]))
 
     @app.websocket(PATH)
     async def speech_stream(ws: WebSocket) -> None:
@@ -96,3 +101,18 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
         return JSONResponse(checks, status_code=200 if ready else 503)
 
     return app
+
+
+def _method_not_allowed(routes: list[BaseRoute]) -> Callable[..., Awaitable[Response]]:
+    """A 405 whose `Allow` names every method the path serves: Starlette's names only those of
+    the first route matching the path, and a batch job's path has two (GET, DELETE)."""
+    served = [(r.path_regex, r.methods) for r in routes if isinstance(r, Route) and r.methods]
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        methods = {m for regex, ms in served if regex.match(request.url.path) for m in ms}
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
+
+    return handler

@@ -27,6 +27,8 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    409: "invalid_request_error",
+    410: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -67,15 +69,18 @@ def redis_unreachable() -> HTTPError:
     return HTTPError(503, "Redis is unreachable; try again later", code="unavailable")
 
 
-def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these error statuses."""
-    described = {
+def documented(
+    *statuses: int, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses (`described` words a route's own)."""
+    descriptions = {
         400: "Invalid input, or a value the worker pool cannot honour",
         401: "API keys are on and none valid was given",
+        404: "No such resource",
         413: "The input is over the limit",
         422: "The body does not match the schema",
         429: "The service is at capacity; retry after Retry-After seconds",
         500: "Synthesis failed",
         503: "No TTS worker is alive, or Redis is unreachable",
-    }
-    return {s: {"model": ErrorBody, "description": described[s]} for s in statuses}
+    } | (described or {})
+    return {s: {"model": ErrorBody, "description": descriptions[s]} for s in statuses}

@@ -9,10 +9,15 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from arq.connections import ArqRedis
+
 from api.leases import Leases
 from api.pool import WorkerPool
 from api.queue import JobQueue
 from api.returns import ReturnPath
+from batch.connections import ArqUnavailable, arq_pool
+from batch.results import Results
+from shared.batches import Batches
 from shared.config import Settings
 from shared.connections import Client, connect
 from shared.keys import Keys
@@ -33,6 +38,12 @@ class Hub:
     returns: ReturnPath
     pool: WorkerPool
     leases: Leases
+    batches: Batches
+    results: Results
+    # arq's Redis, where batch jobs are queued; None when arq cannot run here (a Cluster with
+    # no arq_redis_url): the batch routes then answer 503 with `batch_unavailable`.
+    arq: ArqRedis | None
+    batch_unavailable: str = ""
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz says not ready, new sessions are refused
     _load: tuple[int, int] = (0, 0)  # (jobs backlog, live worker slots)
@@ -49,6 +60,14 @@ class Hub:
         await returns.start()
         leases = Leases(redis, keys, lease_ttl=settings.lease_ttl, session_ttl=settings.session_ttl)
         leases.start()
+        arq: ArqRedis | None = None
+        batch_unavailable = ""
+        try:
+            arq = arq_pool(settings)
+        except ArqUnavailable as exc:
+            # The real-time path runs on a Cluster; only the batch routes are off.
+            batch_unavailable = f"batch synthesis is off: {exc}"
+            log.warning("%s", batch_unavailable)
         hub = cls(
             settings=settings,
             keys=keys,
@@ -63,6 +82,15 @@ class Hub:
             returns=returns,
             pool=WorkerPool(redis, keys, worker_ttl=settings.worker_ttl),
             leases=leases,
+            batches=Batches(
+                redis,
+                keys,
+                result_ttl=settings.batch_result_ttl,
+                timeout=settings.batch_timeout,
+            ),
+            results=Results(redis, keys, settings),
+            arq=arq,
+            batch_unavailable=batch_unavailable,
         )
         returns.on_lost = hub._return_path_lost
         return hub
@@ -112,4 +140,8 @@ class Hub:
     async def close(self) -> None:
         await self.leases.close()
         await self.returns.close()
+        if self.arq is not None:
+            await self.arq.aclose()
+            # arq_pool hands ArqRedis a pool of its own, which closing the client leaves open.
+            await self.arq.connection_pool.disconnect()
         await self.redis.aclose()

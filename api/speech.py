@@ -24,12 +24,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.exceptions import RedisError
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import HTTPError, ResponseAborted, documented, redis_unreachable
+from api.errors import HTTPError, ResponseAborted, documented
 from api.hub import Hub
 from api.inproc import Closed, Frame, LocalSocket
+from api.rest import parse_body, pool_engine, read_body, too_large
 from api.session import Session
 from shared.audio.codecs import MEDIA_TYPES, StreamEncoder, check_rate, default_rate
 from shared.audio.wav import wav_stream_header
@@ -185,66 +185,19 @@ async def _speak(request: Request, hub: Hub) -> Response:
 
 
 async def _body(request: Request, settings: Settings) -> bytes:
-    """The body, refused with 413 before it is read whole when it cannot fit the limit."""
-    # UTF-8 takes at most 4 bytes a character, JSON escapes 6 (\\uXXXX); plus the other fields.
-    limit = settings.max_buffer_chars * 6 + 64 * 1024
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(settings)
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise _too_large(settings)
-    return bytes(body)
+    return await read_body(request, settings.max_buffer_chars)
 
 
 def _parse(body: bytes, settings: Settings) -> SpeechRequest:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise HTTPError(400, "the body is not valid JSON", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise HTTPError(400, "the body must be a JSON object", code="invalid_json")
-    try:
-        req = SpeechRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise HTTPError(
-            422, f"{param}: {message}" if param else message, code="invalid_value", param=param
-        ) from None
+    req = parse_body(body, SpeechRequest)
     if len(req.input) > settings.max_buffer_chars:
-        raise _too_large(settings)
+        raise too_large(settings.max_buffer_chars)
     return req
-
-
-def _too_large(settings: Settings) -> HTTPError:
-    return HTTPError(
-        413,
-        f"input is over the limit of {settings.max_buffer_chars} characters",
-        code="text_too_large",
-        param="input",
-    )
 
 
 async def _available(hub: Hub) -> Any:
     """The pool's engine; 503 when nothing can serve, 429 when everything is busy."""
-    if hub.draining:
-        raise HTTPError(503, "the server is shutting down", code="unavailable")
-    if not hub.returns.connected.is_set():
-        raise redis_unreachable()
-    try:
-        engine, _ = await hub.pool.engine()
-        busy = await hub.overloaded() if engine is not None else None
-    except (RedisError, OSError):
-        raise redis_unreachable() from None
-    if engine is None:
-        raise HTTPError(503, "no TTS worker is alive; try again later", code="no_worker")
-    if busy is not None:
-        raise HTTPError(429, busy, code="overloaded")
-    return engine
+    return await pool_engine(hub)
 
 
 _STATUS = {

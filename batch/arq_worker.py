@@ -7,6 +7,8 @@ task is idempotent besides.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from batch.housekeeping import CRON_TASKS
 from shared.config import Settings
 from shared.connections import Client, connect, is_memory
 from shared.keys import Keys
+from shared.tasks import stop
 
 log = logging.getLogger("voxline.batch")
 
@@ -106,10 +109,16 @@ async def run_arq(settings: Settings, *, poll_delay: float = 0.5) -> None:
     (they resume where they were, on this or another arq process)."""
     worker = make_worker(settings, poll_delay=poll_delay)
     log.info("arq worker: queue %s", worker.queue_name)
+    main = asyncio.create_task(worker.main(), name="voxline-arq")
     try:
-        await worker.main()
+        await main
     finally:
-        await worker.close()
+        # A cancel can be swallowed inside redis-py's reads (shared/tasks.py): repeated.
+        await stop(main)
+        # arq lets a job cancelled while it records its end raise out of close(); the cancel
+        # that stops us is re-raised anyway.
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
 
 
 async def _no_server_info(redis: Any, log_func: Any) -> None:

@@ -181,7 +181,13 @@ class Coordinator:
             for i in gone:
                 pipe.hexists(self.keys.batch_audio(self.id), str(i))
             stored = await pipe.execute()
-        lost = [i for i, has in zip(gone, stored, strict=True) if not has]
+        # A worker that handed a sentence back re-queued it under a new id: not lost.
+        now = await self.redis.hmget(self.keys.batch_queued(self.id), [str(i) for i in gone])
+        lost = [
+            i
+            for i, has, entry in zip(gone, stored, now, strict=True)
+            if not has and entry == waiting[i]
+        ]
         if lost:
             log.warning(
                 "batch %s: %d queued sentences were lost; queuing again", self.id, len(lost)

@@ -1,4 +1,4 @@
-"""The `voxline` command: serve (embedded), api, worker, say."""
+"""The `voxline` command: serve (embedded), api, worker, arq, say, batch."""
 
 from __future__ import annotations
 
@@ -20,16 +20,25 @@ DEFAULT_PORT = 8000
 REDIS_URL_HELP = f"Redis server (default: $VOXLINE_REDIS_URL, else {DEFAULT_REDIS_URL})"
 
 DESCRIPTIONS = {
-    "serve": "Run the WebSocket front end and one TTS worker in one process, over an in-memory\n"
-    "Redis by default: no server, no download.",
+    "serve": "Run the WebSocket front end, one TTS worker and the batch process in one process,\n"
+    "over an in-memory Redis by default: no server, no download.",
     "api": "Run the WebSocket front end (/v1/audio/speech/stream) alone; workers started with\n"
     "`voxline worker` on the same Redis serve it. Settings: VOXLINE_<NAME> (shared/config.py).",
     "worker": "Run a TTS worker: it takes sentence jobs from the Redis Streams, synthesizes them\n"
     "with its engine and streams the audio back. Run any number of them.",
+    "arq": "Run the batch process: it takes batch jobs (POST /v1/audio/speech/jobs) from arq's\n"
+    "queue, splits their text, feeds the sentences to the workers behind the real-time traffic,\n"
+    "assembles and encodes each file and stores it; it also runs the housekeeping cron. Run one\n"
+    "or more beside the front ends, on the same Redis (a Cluster needs VOXLINE_ARQ_REDIS_URL).",
     "say": "Stream text to a voxline server as an LLM would (stdin is sent piece by piece as it\n"
     "arrives) and write the audio to a WAV file or play it. Each sentence is logged on stderr;\n"
     "on a terminal a progress line shows sentences done/queued, seconds of audio and the\n"
     "first-audio latency, and a summary line ends the run.",
+    "batch": "Synthesize a whole text file as a batch job and download the result: the text is\n"
+    "posted to /v1/audio/speech/jobs, a progress bar on stderr follows the job (polled every\n"
+    "0.25 s), the file is written to -o once done, and a summary line ends the run. Ctrl-C\n"
+    "cancels the job. Exit status: 0 done, 1 the server refused or the job failed, 2 a usage\n"
+    "error or an unreachable server, 130 interrupted.",
     "hash-key": "Print the VOXLINE_API_KEYS entry of an API key: its hash, never the key. The key\n"
     "comes from the argument, stdin, or a prompt; --new makes a random one.",
 }
@@ -38,6 +47,7 @@ EXAMPLES = {
     "voxline": """examples:
   voxline serve                                      # everything in one process
   voxline say "Hello world. How are you?" -o hello.wav
+  voxline batch story.txt -o story.mp3               # a whole text, as one file
   voxline api --redis-url redis://127.0.0.1:6379/0   # distributed: one front end ...
   voxline worker --redis-url redis://127.0.0.1:6379/0 --engine espeak   # ... any workers""",
     "serve": """examples:
@@ -55,6 +65,13 @@ EXAMPLES = {
   voxline say "Hello world. How are you?" -o hello.wav
   echo "Tokens can arrive piece by piece. Like this." | voxline say - -o piped.wav
   VOXLINE_API_KEY=vx_... voxline say --url ws://tts.example.com:8000 < story.txt""",
+    "arq": """examples:
+  voxline arq --redis-url redis://127.0.0.1:6379/0
+  VOXLINE_BATCH_DIR=/var/lib/voxline/batch voxline arq   # large files go to a shared volume""",
+    "batch": """examples:
+  voxline batch story.txt -o story.mp3
+  voxline batch chapter.txt -o chapter.ogg --voice en --speed 1.1   # .ogg: Ogg Opus
+  cat notes.md | voxline batch - -o notes.raw --format pcm --sample-rate 16000""",
     "hash-key": """examples:
   voxline hash-key --new --label web                 # a new key, then its entry
   voxline hash-key < key.txt                         # the entry of an existing key""",
@@ -112,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on this port (default: $VOXLINE_METRICS_PORT, or off)",
     )
 
+    arq = _command(sub, "arq", "the batch process: batch jobs and housekeeping (distributed mode)")
+    arq.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
+    arq.add_argument("--key-prefix", default=None, help="Redis key prefix (default: voxline)")
+
     say = _command(sub, "say", "stream text to a voxline server and write or play the audio")
     say.add_argument("text", nargs="?", help="the text; '-' or absent reads stdin piece by piece")
     say.add_argument(
@@ -145,6 +166,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="print errors only (default: log each sentence, and show progress on a terminal)",
     )
     say.add_argument(
+        "--api-key",
+        default=os.environ.get("VOXLINE_API_KEY"),
+        help="sent as a bearer token (default: $VOXLINE_API_KEY, which keeps it out of `ps`)",
+    )
+
+    batch = _command(sub, "batch", "synthesize a text file as a batch job and download the file")
+    batch.add_argument("file", help="the text file; '-' reads stdin")
+    batch.add_argument(
+        "-o", "--output", required=True, help="the audio file to write (required; no default)"
+    )
+    batch.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{DEFAULT_PORT}",
+        help=f"the server (default: http://127.0.0.1:{DEFAULT_PORT})",
+    )
+    batch.add_argument(
+        "--format",
+        default=None,
+        help="wav, pcm, mulaw, alaw, mp3, opus, aac or flac (default: from the -o extension: "
+        ".ogg is opus, .ulaw mulaw)",
+    )
+    batch.add_argument(
+        "--voice",
+        default=None,
+        help="a voice of the server's engine (default: the engine's default voice)",
+    )
+    batch.add_argument(
+        "--sample-rate",
+        type=int,
+        default=None,
+        help="8000 to 48000 Hz, one the format can carry (default: the format's for the engine)",
+    )
+    batch.add_argument("--speed", type=float, default=None, help="0.25 to 4.0 (default: 1.0)")
+    batch.add_argument(
+        "--language", default=None, help="a language the engine lists (default: Auto)"
+    )
+    batch.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print errors only (default: the job's id, status changes, progress on a "
+        "terminal, and a summary)",
+    )
+    batch.add_argument(
         "--api-key",
         default=os.environ.get("VOXLINE_API_KEY"),
         help="sent as a bearer token (default: $VOXLINE_API_KEY, which keeps it out of `ps`)",
@@ -247,8 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voxline.say import run_say
 
         return run_say(args)
+    if args.command == "batch":
+        from voxline.batch_client import run_batch
+
+        return run_batch(args)
     if args.command == "hash-key":
         return _run_hash_key(args)
+    if args.command == "arq":
+        return _run_arq(args)
     if args.command == "worker":
         return _run_worker(args)
     return _run_http(args)
@@ -334,6 +405,19 @@ def _run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arq(args: argparse.Namespace) -> int:
+    from batch.arq_worker import run_arq
+    from batch.connections import ArqUnavailable
+
+    settings = _settings(args)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runtime.run(_until_signal(run_arq(settings)))
+    except ArqUnavailable as exc:
+        raise SystemExit(f"voxline arq: {exc}") from None
+    return 0
+
+
 def _serve_metrics(port: int) -> None:
     """Prometheus metrics of this process, from a thread of prometheus_client's; started before
     the engine loads, so a slow model load shows as a live target."""
@@ -356,6 +440,13 @@ async def _until_signal(coro) -> None:  # type: ignore[no-untyped-def]
         await task
 
 
+def _report_arq_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logging.getLogger("voxline").error(
+            "the embedded arq process stopped; batch jobs wait: %s", exc, exc_info=exc
+        )
+
+
 def _run_http(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -371,18 +462,25 @@ def _run_http(args: argparse.Namespace) -> int:
 
         @contextlib.asynccontextmanager
         async def sidecar() -> AsyncIterator[None]:
+            from batch.arq_worker import run_arq
+
             worker = Worker(settings, engine, concurrency=args.concurrency)
             task = asyncio.create_task(worker.run())
             ready = asyncio.create_task(worker.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 task.result()  # the worker failed to start: say why, loudly
+            # The batch process too, so the batch routes work in the embedded mode.
+            arq = asyncio.create_task(run_arq(settings), name="arq")
+            arq.add_done_callback(_report_arq_end)
             try:
                 yield
             finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # arq first: it puts its running jobs back while the worker still serves.
+                for running in (arq, task):
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
 
     app = create_app(settings, sidecar=sidecar)
     where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"

@@ -70,3 +70,10 @@ def note(message: str, stream: TextIO | None = None) -> None:
     keeps only results (the benchmarks print their JSON as its last line)."""
     elapsed = time.monotonic() - _STARTED
     print(f"[{elapsed:7.1f} s] {message}", file=stream or sys.stderr, flush=True)
+
+
+def bar(done: int, total: int, width: int = 24) -> str:
+    """`[#########...............] 12/32 sentences  38%`: a share as a bar, for a status line."""
+    share = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
+    filled = int(share * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} sentences {share:4.0%}"

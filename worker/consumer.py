@@ -333,12 +333,25 @@ class Worker:
 
     async def _requeue(self, shard: JobShard, surplus: list[Delivery]) -> None:
         """Hand jobs to the next free worker, ahead of the queue (they have waited their turn
-        already): one transaction on the shard's slot."""
+        already): one transaction on the shard's slot. A batch sentence goes to the back of
+        its stream, and its coordinator learns the new entry id before the old one goes."""
         assert self._redis is not None
+        batch = [d for d in surplus if d.stream == shard.batch]
+        moved: list[tuple[Delivery, bytes]] = []
+        if batch:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for delivery in batch:
+                    pipe.xadd(shard.batch, delivery.fields)
+                moved = list(zip(batch, await pipe.execute(), strict=True))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for delivery, entry_id in moved:
+                    job = Job.unpack(delivery.fields[b"j"])
+                    pipe.hset(self.keys.batch_queued(job.batch), str(job.sentence), entry_id)
+                await pipe.execute()
         async with self._redis.pipeline(transaction=True) as pipe:
             for delivery in surplus:
-                back = shard.batch if delivery.stream == shard.batch else shard.first
-                pipe.xadd(back, delivery.fields)
+                if delivery.stream != shard.batch:
+                    pipe.xadd(shard.first, delivery.fields)
                 pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
                 pipe.xdel(delivery.stream, delivery.entry_id)
             await pipe.execute()

@@ -18,13 +18,14 @@ import pytest
 from api.queue import JobQueue
 from api.splitter import SentenceSplitter
 from batch.arq_worker import make_worker
-from batch.connections import arq_pool, enqueue_batch
+from batch.connections import arq_job_id, arq_pool, enqueue_batch
 from batch.coordinator import Coordinator
 from batch.results import IN_REDIS
 from shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id, wake_in
 from shared.config import Settings
 from shared.connections import Client, connect
 from shared.keys import JOBS_GROUP, Keys, batch_session
+from shared.tasks import stop
 from tests.harness import Pipeline, start_pipeline
 from worker.engines.base import Cancellation, SynthesisRequest
 from worker.engines.tone import ToneEngine
@@ -310,13 +311,14 @@ async def test_the_arq_worker_runs_a_job_once_however_often_enqueued(
         try:
 
             async def done() -> bool:
-                return await batches.status(batch_id) is BatchStatus.DONE
+                # The status, and arq's own record of the job's end.
+                job = worker.tasks.get(arq_job_id(batch_id))
+                ended = job is not None and job.done()
+                return ended and await batches.status(batch_id) is BatchStatus.DONE
 
             await _until(done, 30)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
             await worker.close()
         audio = await _result(redis, keys, batch_id)
         assert audio[44:] == await _expected_pcm(text, pipeline.settings)

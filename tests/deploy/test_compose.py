@@ -132,11 +132,12 @@ def test_cpu_override_drops_the_gpu_reservation_and_nothing_else() -> None:
 
 def test_services_and_healthchecks() -> None:
     services = _services()
-    assert set(services) == {"redis", "api", "worker"}
+    assert set(services) == {"redis", "api", "worker", "arq"}
     for name, service in services.items():
         assert service["healthcheck"]["test"], name
-    worker = services["worker"]
-    assert "container_name" not in worker and "ports" not in worker, "must scale"
+    for name in ("worker", "arq"):
+        service = services[name]
+        assert "container_name" not in service and "ports" not in service, f"{name} must scale"
 
 
 def test_the_start_cannot_deadlock_on_readyz() -> None:
@@ -145,7 +146,7 @@ def test_the_start_cannot_deadlock_on_readyz() -> None:
     services = _services()
     for name, service in services.items():
         assert "api" not in service.get("depends_on", {}), name
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "arq"):
         assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
 
 
@@ -166,13 +167,13 @@ def test_worker_healthcheck_reads_the_heartbeat_file_it_is_told_to_touch() -> No
     assert f"'{args.heartbeat_file}'" in " ".join(worker["healthcheck"]["test"])
 
 
-@pytest.mark.parametrize("service", ["api", "worker"])
+@pytest.mark.parametrize("service", ["api", "worker", "arq"])
 def test_commands_parse_with_the_cli(service: str) -> None:
     args = _command_args(service)
     assert args.command == service
     if service == "api":
         assert args.host == "0.0.0.0" and args.port == 8000
-    else:
+    elif service == "worker":
         assert args.engine == "espeak", "the stack must run without a model"
         assert args.metrics_port == 9400
 
@@ -180,7 +181,8 @@ def test_commands_parse_with_the_cli(service: str) -> None:
 def test_settings_come_from_real_voxline_variables() -> None:
     services = _services()
     env = services["api"]["environment"]
-    assert services["worker"]["environment"] == env, "front ends and workers must agree"
+    for name in ("worker", "arq"):
+        assert services[name]["environment"] == env, "front ends, workers and arq must agree"
     assert set(env) <= setting_env_names(), set(env) - setting_env_names()
     settings = settings_from(env)
     assert settings.redis_url == "redis://redis:6379/0"
@@ -227,6 +229,25 @@ def test_builds_name_dockerfile_stages() -> None:
         for line in (ROOT / "Dockerfile").read_text().splitlines()
         if line.startswith("FROM ") and " AS " in line
     }
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "arq"):
         build = _services()[name]["build"]
         assert build["context"] == "." and build["target"] in stages, name
+
+
+def test_arq_runs_without_torch_and_shares_the_batch_files_with_the_api() -> None:
+    compose = _load(COMPOSE)
+    services = compose["services"]
+    # It splits, assembles and encodes; the workers synthesize.
+    assert services["arq"]["build"]["target"] == "api"
+    directory = settings_from(services["api"]["environment"]).batch_dir
+    assert directory.startswith("/")
+    mounts = {}
+    for name in ("api", "arq"):
+        (volume,) = services[name]["volumes"]
+        source, target = volume.split(":")
+        assert target == directory, name
+        mounts[name] = source
+    assert mounts["api"] == mounts["arq"] and mounts["api"] in compose["volumes"], "one volume"
+    # The image owns the directory, so the volume starts out writable by its user.
+    assert f"-o voxline -g voxline {directory}" in (ROOT / "Dockerfile").read_text()
+    assert seconds(services["arq"]["stop_grace_period"]) >= MIN_MARGIN_S
