@@ -110,8 +110,13 @@ async def pending_jobs(redis: Any, keys: Keys) -> int:
 
 
 async def queued_jobs(redis: Any, keys: Keys) -> int:
-    """Entries in the jobs streams (acknowledged ones are deleted)."""
-    return sum([await redis.xlen(s) for s in keys.job_streams])
+    """Entries in the jobs streams (acknowledged ones are deleted), read at one instant: read
+    one by one, an entry deleted from `first` after it was counted and the session's next
+    sentence added to `rest` before that was read would count as two."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for stream in keys.job_streams:
+            pipe.xlen(stream)
+        return sum(await pipe.execute())
 
 
 @dataclass

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -472,7 +473,7 @@ class Worker:
             job = None
         try:
             if job is not None:
-                await self._run_job(redis, job, delivery.attempt, running, counts)
+                await self._run_job(redis, job, delivery, running, counts)
         except asyncio.CancelledError:
             # Past the drain timeout. Cut off before synthesis began: hand it back.
             if not any(counts.get(k) for k in ("failed", "completed", "cancelled")):
@@ -506,7 +507,7 @@ class Worker:
         self,
         redis: Client,
         job: Job,
-        attempt: int,
+        delivery: Delivery,
         running: _Running,
         counts: dict[str, int],
     ) -> None:
@@ -526,13 +527,21 @@ class Worker:
                 counts["skipped_cancelled"] = 1
                 return
             publisher = SentencePublisher(
-                outbox, self.keys.audio_channel(job.session_id), job, attempt
+                outbox, self.keys.audio_channel(job.session_id), job, delivery.attempt
             )
             # The checks run while the engine starts: a round trip less before the first audio.
             # Nothing is published until they cleared the sentence.
             preflight = asyncio.create_task(self._preflight(redis, job, publisher, token))
+
+            def settle_in(pipe: Any) -> None:
+                # The entry goes in the write that carries DONE: once the front end hears it,
+                # the job is off the stream (its next sentence never finds this one there).
+                if not running.lost:
+                    pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
+                    pipe.xdel(delivery.stream, delivery.entry_id)
+
             if not running.lost:
-                await self._synthesize(job, token, publisher, counts, preflight)
+                await self._synthesize(job, token, publisher, counts, preflight, settle_in)
         except _Stopped as stopped:
             counts.pop("failed", None)  # an engine error of a sentence nobody is to hear
             counts[stopped.outcome] = 1
@@ -651,16 +660,19 @@ class Worker:
         publisher: SentencePublisher,
         counts: dict[str, int],
         preflight: asyncio.Task[str],
+        settle_in: Callable[[Any], None],
     ) -> None:
         cleared = False
 
-        async def send(kind: EventKind, data: object = None) -> None:
+        async def send(
+            kind: EventKind, data: object = None, before: Callable[[Any], None] | None = None
+        ) -> None:
             nonlocal cleared
             if not cleared:
                 if verdict := await preflight:
                     raise _Stopped(verdict)
                 cleared = True
-            await publisher.send(kind, data)
+            await publisher.send(kind, data, before)
 
         info = self.engine.info
         encoder = SentenceEncoder(
@@ -693,7 +705,7 @@ class Worker:
             tail = encoder.finish()
             if tail:
                 await send(EventKind.AUDIO, tail)
-            await send(EventKind.DONE, publisher.audio_bytes)
+            await send(EventKind.DONE, publisher.audio_bytes, settle_in)
             counts["completed"] = 1
             metrics.synthesized(info.name, time.perf_counter() - began, samples, info.sample_rate)
         except _Stopped:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from shared.channels import publish_event
 from shared.connections import Client
 from shared.wire import Event, EventKind, Job
+
+# Commands queued on the outbox's pipeline ahead of one message.
+Before = Callable[[Any], None]
 
 
 class Outbox:
@@ -23,7 +27,7 @@ class Outbox:
 
     def __init__(self, redis: Client) -> None:
         self._redis = redis
-        self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[str, bytes, Before | None, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -40,12 +44,13 @@ class Outbox:
                 done.set_exception(ConnectionError("the worker's outbox is closed"))
         self._pending = []
 
-    async def publish(self, channel: str, data: bytes) -> None:
-        """Returns once Redis took the message; raises what the write raised."""
+    async def publish(self, channel: str, data: bytes, before: Before | None = None) -> None:
+        """Returns once Redis took the message; raises what the write raised. `before` queues
+        commands that run just ahead of the publish, in the same write."""
         if self._task is None or self._task.done():
             raise RuntimeError("the outbox is not running")
         done = asyncio.get_running_loop().create_future()
-        self._pending.append((channel, data, done))
+        self._pending.append((channel, data, before, done))
         self._wakeup.set()
         await done
 
@@ -58,7 +63,9 @@ class Outbox:
                 continue
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for channel, data, _ in batch:
+                    for channel, data, before, _ in batch:
+                        if before is not None:
+                            before(pipe)
                         publish_event(pipe, channel, data)
                     await pipe.execute()
             except asyncio.CancelledError:
@@ -84,8 +91,8 @@ class SentencePublisher:
         self.audio_bytes = 0
         self.spoke = False  # audio or words went out: a retry elsewhere would repeat them
 
-    async def send(self, kind: EventKind, data: Any = None) -> None:
-        await self._outbox.publish(self._channel, self._next(kind, data))
+    async def send(self, kind: EventKind, data: Any = None, before: Before | None = None) -> None:
+        await self._outbox.publish(self._channel, self._next(kind, data), before)
 
     def send_in(self, pipe: Any, kind: EventKind, data: Any = None) -> None:
         """Queue the next event on a pipeline (sent with the pipeline's other commands)."""

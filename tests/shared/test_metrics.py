@@ -88,9 +88,9 @@ def test_job_start_records_queue_wait_and_batch() -> None:
     count = value("voxline_worker_queue_wait_seconds_count", stream="rest")
     low = value("voxline_worker_queue_wait_seconds_bucket", stream="first", le="0.001")
     batch = value("voxline_worker_batch_size_sum", at="job_start")
-    metrics.job_started(3, time.time() - 0.2, 2)
+    metrics.job_started("rest", time.time() - 0.2, 2)
     # A front end whose clock runs ahead: no negative wait.
-    metrics.job_started(0, time.time() + 5, 1)
+    metrics.job_started("first", time.time() + 5, 1)
     assert value("voxline_worker_queue_wait_seconds_count", stream="rest") == count + 1
     assert value("voxline_worker_queue_wait_seconds_bucket", stream="first", le="0.001") == low + 1
     assert value("voxline_worker_batch_size_sum", at="job_start") == batch + 3

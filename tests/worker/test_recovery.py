@@ -287,6 +287,10 @@ async def test_shutdown_past_the_drain_timeout(
             async with worker_on(pipeline.settings) as rescuer:
                 done = await c.until("audio.done", timeout=15)
                 await c.until("session.done")
+                # Its counters are written just after the DONE the client has heard.
+                async with asyncio.timeout(5):
+                    while not spoke and not rescuer.stats.get("completed"):
+                        await asyncio.sleep(0.01)
                 rescued = dict(rescuer.stats)
         errors = [m for m in c.received if isinstance(m, dict) and m["type"] == "error"]
         if spoke:
