@@ -15,6 +15,7 @@ import websockets
 
 from api.app import create_app
 from api.server import WS_OPTIONS, Server
+from shared.channels import is_cluster
 from shared.config import Settings
 from shared.keys import JOBS_GROUP, Keys
 from shared.protocol import PATH
@@ -113,7 +114,8 @@ async def queued_jobs(redis: Any, keys: Keys) -> int:
     """Entries in the jobs streams (acknowledged ones are deleted), read at one instant: read
     one by one, an entry deleted from `first` after it was counted and the session's next
     sentence added to `rest` before that was read would count as two."""
-    async with redis.pipeline(transaction=True) as pipe:
+    # A cluster runs no transaction across slots (each shard is one); one shard is the rule.
+    async with redis.pipeline(transaction=not is_cluster(redis)) as pipe:
         for stream in keys.job_streams:
             pipe.xlen(stream)
         return sum(await pipe.execute())

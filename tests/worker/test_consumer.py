@@ -129,9 +129,10 @@ async def _three_sentences_two_done(redis_url: str, keys: Keys, queue: JobQueue)
 
 
 async def _until_skipped(worker: Worker) -> None:
-    """The skip is counted after the job settles, a moment after its siblings' DONE."""
-    for _ in range(100):
-        if worker.stats["skipped_cancelled"]:
+    """The skip and the two siblings are counted as their jobs settle, a moment after the
+    siblings' DONE."""
+    for _ in range(300):
+        if worker.stats["skipped_cancelled"] and worker.stats.get("completed", 0) >= 2:
             return
         await asyncio.sleep(0.01)
 
