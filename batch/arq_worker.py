@@ -71,7 +71,7 @@ def make_worker(settings: Settings, *, burst: bool = False, poll_delay: float = 
     pool = arq_pool(settings)
     if is_memory(settings.arq_redis_url or settings.redis_url):
         # arq logs the server's INFO at start, which the in-memory Redis does not answer.
-        arq.worker.log_redis_info = _no_server_info  # type: ignore[attr-defined]
+        arq.worker.log_redis_info = _server_info  # type: ignore[attr-defined]
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["voxline"] = _Context(settings, keys, connect(settings.redis_url))
@@ -121,5 +121,13 @@ async def run_arq(settings: Settings, *, poll_delay: float = 0.5) -> None:
             await worker.close()
 
 
-async def _no_server_info(redis: Any, log_func: Any) -> None:
-    log_func("redis: in memory")
+_log_redis_info = arq.worker.log_redis_info
+
+
+async def _server_info(redis: Any, log_func: Any) -> None:
+    """arq's start-up log line, without INFO on the in-memory Redis (a process may also run
+    workers on a server: those keep arq's own)."""
+    if redis.connection_pool.connection_class.__module__.startswith("fakeredis"):
+        log_func("redis: in memory")
+    else:
+        await _log_redis_info(redis, log_func)
