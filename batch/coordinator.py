@@ -114,54 +114,58 @@ class Coordinator:
         self, state: BatchState, sentences: list[str]
     ) -> tuple[BatchStatus, str] | None:
         """Until every sentence has audio (None), or the job was cancelled or a sentence
-        failed (the final status and why)."""
+        failed (the final status and why). Each wake reads the status and the sentences the
+        events name; the whole picture (stored audio, queued ids) is read only at start and
+        after a quiet spell, when lost sentences are looked for."""
         total, reported = len(sentences), -1
         last = await self._last_event()
-        check_due = 0.0  # at once: a resumed job's queued sentences may be lost
+        done: set[int] = set()
+        queued: dict[int, bytes] = {}
+        full = True  # at once: a resumed job's queued sentences may be lost
         while True:
-            status, failed, done, queued = await self._progress()
-            if status is None or status in FINAL:
-                return (status or BatchStatus.CANCELLED), "cancelled"
+            if full:
+                done, queued = await self._stored_and_queued()
+                queued = await self._forget_lost(queued, done)
+                full = False
+            raw, failed = await self.redis.hmget(self.keys.batch(self.id), ["status", "failed"])
+            status = BatchStatus(raw.decode()) if raw else BatchStatus.CANCELLED
+            if status in FINAL:
+                return status, "cancelled"
             if failed:
-                return BatchStatus.FAILED, failed
+                return BatchStatus.FAILED, failed.decode()
             if len(done) == total:
                 return None
             if len(done) != reported:
                 reported = len(done)
                 await self.batches.set_fields(self.id, done=reported)
-            if time.monotonic() >= check_due:
-                queued = await self._forget_lost(queued, done)
-                check_due = time.monotonic() + self._check_every
-            await self._refill(state, sentences, done, queued)
-            last, woke = await self._wait(last)
-            if not woke:
-                check_due = 0.0  # quiet for a while: look for lost sentences
+            queued.update(await self._refill(state, sentences, done, queued))
+            last, finished = await self._wait(last)
+            done |= {i for i in finished if 0 <= i < total}
+            # Quiet for a while (or the event stream skipped some): re-read everything.
+            full = not finished or len(done) == total
 
-    async def _progress(self) -> tuple[BatchStatus | None, str, set[int], dict[int, bytes]]:
+    async def _stored_and_queued(self) -> tuple[set[int], dict[int, bytes]]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self.keys.batch(self.id), ["status", "failed"])
             pipe.hkeys(self.keys.batch_audio(self.id))
             pipe.hgetall(self.keys.batch_queued(self.id))
-            (status, failed), done, queued = await pipe.execute()
-        return (
-            BatchStatus(status.decode()) if status else None,
-            failed.decode() if failed else "",
-            {int(i) for i in done},
-            {int(i): entry for i, entry in queued.items()},
-        )
+            done, queued = await pipe.execute()
+        return {int(i) for i in done}, {int(i): entry for i, entry in queued.items()}
 
     async def _last_event(self) -> bytes | str:
         newest = await self.redis.xrevrange(self.keys.batch_events(self.id), count=1)
         return newest[0][0] if newest else "0-0"
 
-    async def _wait(self, last: bytes | str) -> tuple[bytes | str, bool]:
+    async def _wait(self, last: bytes | str) -> tuple[bytes | str, list[int]]:
         """Block until a worker stores a sentence (or a cancel wakes us), at most
-        `_check_every`; returns the newest event id and whether anything happened."""
+        `_check_every`; returns the newest event id and the sentences the events name (a
+        failure's too: the status read next tells)."""
         reply = await self.redis.xread(
             {self.keys.batch_events(self.id): last}, block=int(self._check_every * 1000)
         )
         entries = [entry for _, batch in (reply or []) for entry in batch]
-        return (entries[-1][0], True) if entries else (last, False)
+        if not entries:
+            return last, []
+        return entries[-1][0], [int(fields[b"s"]) for _, fields in entries]
 
     async def _forget_lost(self, queued: dict[int, bytes], done: set[int]) -> dict[int, bytes]:
         """Drop queued sentences whose stream entry is gone without their audio (a worker
@@ -201,15 +205,16 @@ class Coordinator:
         sentences: list[str],
         done: set[int],
         queued: dict[int, bytes],
-    ) -> None:
-        """Keep `batch_window` sentences on the stream, in text order."""
+    ) -> dict[int, bytes]:
+        """Keep `batch_window` sentences on the stream, in text order; returns what it
+        queued (sentence index -> entry id)."""
         outstanding = sum(1 for i in queued if i not in done)
         room = self.settings.batch_window - outstanding
         if room <= 0:
-            return
+            return {}
         todo = [i for i in range(len(sentences)) if i not in done and i not in queued][:room]
         if not todo:
-            return
+            return {}
         req = state.request
         jobs = [
             Job(
@@ -232,10 +237,11 @@ class Coordinator:
             for job in jobs:
                 pipe.xadd(self._stream, {"j": job.pack()})
             ids = await pipe.execute()
+        added = dict(zip(todo, ids, strict=True))
         await self.redis.hset(
-            self.keys.batch_queued(self.id),
-            mapping={str(i): entry for i, entry in zip(todo, ids, strict=True)},
+            self.keys.batch_queued(self.id), mapping={str(i): e for i, e in added.items()}
         )
+        return added
 
     async def _withdraw(self) -> None:
         """Stop the job's sentences: queued ones are skipped, running ones stop at their next

@@ -7,7 +7,11 @@ import io
 import av
 import numpy as np
 
+from api.splitter import SentenceSplitter
 from shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16
+from shared.config import Settings
+from worker.engines.base import Cancellation, SynthesisRequest
+from worker.engines.tone import ToneEngine
 
 # PyAV's demuxer names for the containers voxline writes.
 CONTAINERS = {"mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "wav": "wav"}
@@ -41,3 +45,24 @@ def decode(data: bytes, fmt: str, rate: int) -> tuple[np.ndarray, int]:
 def dominant_hz(samples: np.ndarray, rate: int) -> float:
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
     return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
+
+
+def numbered_text(sentences: int) -> str:
+    """A long text of sentences whose lengths differ from one to the next, so that any
+    reordering of them changes the audio."""
+    return " ".join(
+        f"Line {i} of the long read says {'la ' * (i % 7)}hi." for i in range(sentences)
+    )
+
+
+async def tone_pcm(text: str, max_sentence_chars: int = Settings().max_sentence_chars) -> bytes:
+    """What a correct batch job of `text` makes on the default tone engine: each sentence's
+    PCM (s16le, 24 kHz), in text order."""
+    splitter = SentenceSplitter(max_sentence_chars=max_sentence_chars)
+    engine = ToneEngine()
+    out = bytearray()
+    for sentence in [*splitter.feed(text), *splitter.flush()]:
+        request = SynthesisRequest(text=sentence, voice="tone-mid")
+        async for chunk in engine.synthesize(request, Cancellation()):
+            out += np.asarray(chunk.pcm, dtype="<i2").tobytes()
+    return bytes(out)

@@ -26,14 +26,11 @@ import pytest
 import redis
 import websockets
 
-from api.splitter import SentenceSplitter
-from shared.config import Settings
 from shared.keys import JOBS_GROUP, Keys, batch_session
+from tests.audio import numbered_text, tone_pcm
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL
 from tests.processes import voxline_stack
-from worker.engines.base import Cancellation, SynthesisRequest
-from worker.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.multiprocess
 
@@ -84,24 +81,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     proc.kill()
 
 
-def _text(sentences: int) -> str:
-    # Lengths differ from one sentence to the next, so a reordering changes the file.
-    return " ".join(
-        f"Line {i} of the long read says {'la ' * (i % 5)}hello." for i in range(sentences)
-    )
-
-
-async def _expected_pcm(text: str) -> bytes:
-    splitter = SentenceSplitter(max_sentence_chars=Settings().max_sentence_chars)
-    engine = ToneEngine()
-    out = bytearray()
-    for sentence in [*splitter.feed(text), *splitter.flush()]:
-        request = SynthesisRequest(text=sentence, voice="tone-mid")
-        async for chunk in engine.synthesize(request, Cancellation()):
-            out += np.asarray(chunk.pcm, dtype="<i2").tobytes()
-    return bytes(out)
-
-
 async def _submit(http: httpx.AsyncClient, text: str) -> str:
     reply = await http.post(JOBS, json={"input": text, "response_format": "wav"})
     assert reply.status_code == 202, reply.text
@@ -143,20 +122,20 @@ async def _audio_pcm(http: httpx.AsyncClient, batch_id: str) -> bytes:
 
 
 async def test_a_200_sentence_job_completes_in_order(stack: Stack) -> None:
-    text = _text(200)
+    text = numbered_text(200)
     async with httpx.AsyncClient(base_url=stack.http, timeout=30) as http:
         batch_id = await _submit(http, text)
         job = await _until_status(http, batch_id, "done")
         assert job["progress"] == {"sentences_done": 200, "sentences_total": 200}
         pcm = await _audio_pcm(http, batch_id)
-    expected = await _expected_pcm(text)
+    expected = await tone_pcm(text)
     assert len(pcm) == len(expected)  # the right length: every sentence, once
     assert pcm == expected  # in order
     assert job["duration"] == pytest.approx(len(expected) / 2 / 24000, abs=0.001)
 
 
 async def test_killing_the_arq_process_mid_job_still_yields_the_whole_file(stack: Stack) -> None:
-    text = _text(200)
+    text = numbered_text(200)
     async with httpx.AsyncClient(base_url=stack.http, timeout=30) as http:
         batch_id = await _submit(http, text)
         await _until_done_at_least(http, batch_id, 40)
@@ -169,7 +148,7 @@ async def test_killing_the_arq_process_mid_job_still_yields_the_whole_file(stack
         job = await _until_status(http, batch_id, "done")
         pcm = await _audio_pcm(http, batch_id)
     assert job["progress"]["sentences_done"] == 200
-    assert pcm == await _expected_pcm(text)  # no sentence missing, none twice
+    assert pcm == await tone_pcm(text)  # no sentence missing, none twice
 
 
 async def _first_audio_latencies(stack: Stack, sessions: int, utterances: int) -> list[float]:
@@ -215,7 +194,7 @@ async def test_real_time_first_audio_holds_under_batch_load(
     await _first_audio_latencies(stack, sessions, 1)  # warm-up
     idle = await _first_audio_latencies(stack, sessions, utterances)
     async with httpx.AsyncClient(base_url=stack.http, timeout=30) as http:
-        batch_id = await _submit(http, _text(1000))  # far longer than the probes
+        batch_id = await _submit(http, numbered_text(1000))  # far longer than the probes
         await _until_done_at_least(http, batch_id, 8)  # the batch sentences are flowing
         loaded = await _first_audio_latencies(stack, sessions, utterances)
         during = await _status(http, batch_id)
@@ -243,7 +222,7 @@ async def test_cancel_stops_the_jobs_sentences(stack: Stack) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         async with httpx.AsyncClient(base_url=stack.http, timeout=30) as http:
-            batch_id = await _submit(http, _text(300))
+            batch_id = await _submit(http, numbered_text(300))
             await _until_done_at_least(http, batch_id, 4)
             reply = await http.delete(f"{JOBS}/{batch_id}")
             assert reply.status_code == 200 and reply.json()["status"] == "cancelled"

@@ -12,42 +12,21 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from api.queue import JobQueue
-from api.splitter import SentenceSplitter
 from batch.arq_worker import make_worker
 from batch.connections import arq_job_id, arq_pool, enqueue_batch
 from batch.coordinator import Coordinator
 from batch.results import IN_REDIS
 from shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id, wake_in
-from shared.config import Settings
 from shared.connections import Client, connect
 from shared.keys import JOBS_GROUP, Keys, batch_session
 from shared.tasks import stop
+from tests.audio import numbered_text, tone_pcm
 from tests.harness import Pipeline, start_pipeline
-from worker.engines.base import Cancellation, SynthesisRequest
-from worker.engines.tone import ToneEngine
 
 RATE = 24000
-
-
-def _text(sentences: int) -> str:
-    # Lengths differ from one sentence to the next, so any reordering changes the file.
-    return " ".join(f"Sentence number {i} says {'la ' * (i % 7)}hello." for i in range(sentences))
-
-
-async def _expected_pcm(text: str, settings: Settings) -> bytes:
-    """The file a correct job makes: each sentence's tone, in text order."""
-    splitter = SentenceSplitter(max_sentence_chars=settings.max_sentence_chars)
-    engine = ToneEngine()
-    out = bytearray()
-    for sentence in [*splitter.feed(text), *splitter.flush()]:
-        request = SynthesisRequest(text=sentence, voice="tone-mid")
-        async for chunk in engine.synthesize(request, Cancellation()):
-            out += np.asarray(chunk.pcm, dtype="<i2").tobytes()
-    return bytes(out)
 
 
 @contextlib.asynccontextmanager
@@ -91,7 +70,7 @@ async def _until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-u
 async def test_a_job_completes_in_order_with_every_sentence(
     redis_url: str, key_prefix: str
 ) -> None:
-    text = _text(30)
+    text = numbered_text(30)
     async with _stack(redis_url, key_prefix, batch_window=5) as (pipeline, redis, batches):
         batch_id = await _new_job(batches, text)
         assert await _coordinator(pipeline, redis, batch_id).run() == "done"
@@ -100,7 +79,7 @@ async def test_a_job_completes_in_order_with_every_sentence(
         assert state is not None and state.status is BatchStatus.DONE
         assert state.total == state.done == 30 and state.result == IN_REDIS
         audio = await _result(redis, keys, batch_id)
-        assert audio == await _expected_pcm(text, pipeline.settings)
+        assert audio == await tone_pcm(text)
         assert state.bytes == len(audio) and state.duration == pytest.approx(len(audio) / 2 / RATE)
         # Working keys are gone; the job's streams hold nothing of it.
         assert not await redis.exists(
@@ -116,7 +95,7 @@ async def test_a_job_completes_in_order_with_every_sentence(
 async def test_the_window_bounds_what_is_queued(redis_url: str, key_prefix: str) -> None:
     async with _stack(redis_url, key_prefix, batch_window=3) as (pipeline, redis, batches):
         await pipeline.stop_workers()  # nothing is taken: the window alone decides
-        batch_id = await _new_job(batches, _text(10))
+        batch_id = await _new_job(batches, numbered_text(10))
         task = asyncio.create_task(_coordinator(pipeline, redis, batch_id).run())
         keys = Keys(key_prefix)
         shard = keys.shard_of(batch_session(batch_id))
@@ -128,15 +107,13 @@ async def test_the_window_bounds_what_is_queued(redis_url: str, key_prefix: str)
         await asyncio.sleep(0.3)
         assert await redis.xlen(shard.batch) == 3
         assert await redis.hlen(keys.batch_queued(batch_id)) == 3
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
 
 
 async def test_a_dead_coordinators_job_resumes_without_duplicates(
     redis_url: str, key_prefix: str
 ) -> None:
-    text = _text(24)
+    text = numbered_text(24)
     slow = {"engine_options": {"rtf": "0.1"}}  # 2 of 4 slots take batch work: ~2.5 s in all
     async with _stack(redis_url, key_prefix, batch_window=4, **slow) as (pipeline, redis, batches):
         keys = Keys(key_prefix)
@@ -147,16 +124,14 @@ async def test_a_dead_coordinators_job_resumes_without_duplicates(
             return await redis.hlen(keys.batch_audio(batch_id)) >= 8
 
         await _until(halfway)
-        first.cancel()  # the arq process died: nothing of it runs any more
-        with contextlib.suppress(asyncio.CancelledError):
-            await first
+        await stop(first)  # the arq process died: nothing of it runs any more
         assert await batches.status(batch_id) is BatchStatus.RUNNING
         assert await _coordinator(pipeline, redis, batch_id).run() == "done"
-        assert await _result(redis, keys, batch_id) == await _expected_pcm(text, pipeline.settings)
+        assert await _result(redis, keys, batch_id) == await tone_pcm(text)
 
 
 async def test_a_lost_sentence_is_queued_again(redis_url: str, key_prefix: str) -> None:
-    text = _text(6)
+    text = numbered_text(6)
     async with _stack(redis_url, key_prefix, batch_window=6, claim_idle=0.5) as (
         pipeline,
         redis,
@@ -176,7 +151,7 @@ async def test_a_lost_sentence_is_queued_again(redis_url: str, key_prefix: str) 
         await redis.xdel(shard.batch, lost)  # dropped without audio (trimmed, say)
         async with start_pipeline(redis_url, key_prefix, concurrency=4):
             assert await asyncio.wait_for(task, 30) == "done"
-        assert await _result(redis, keys, batch_id) == await _expected_pcm(text, pipeline.settings)
+        assert await _result(redis, keys, batch_id) == await tone_pcm(text)
 
 
 async def test_cancel_stops_the_jobs_sentences(redis_url: str, key_prefix: str) -> None:
@@ -187,7 +162,7 @@ async def test_cancel_stops_the_jobs_sentences(redis_url: str, key_prefix: str) 
         batches,
     ):
         keys = Keys(key_prefix)
-        batch_id = await _new_job(batches, _text(40))
+        batch_id = await _new_job(batches, numbered_text(40))
         task = asyncio.create_task(_coordinator(pipeline, redis, batch_id).run())
 
         async def started() -> bool:
@@ -230,7 +205,7 @@ async def test_a_failed_sentence_fails_the_job(redis_url: str, key_prefix: str) 
 async def test_a_large_file_goes_to_the_directory(
     redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
-    text = _text(5)
+    text = numbered_text(5)
     async with _stack(
         redis_url, key_prefix, batch_inline_max_bytes=1000, batch_dir=str(tmp_path)
     ) as (pipeline, redis, batches):
@@ -240,7 +215,7 @@ async def test_a_large_file_goes_to_the_directory(
         assert state is not None and state.result == str(tmp_path / f"{batch_id}.wav")
         data = Path(state.result).read_bytes()
         assert data[:4] == b"RIFF" and len(data) == state.bytes
-        assert data[44:] == await _expected_pcm(text, pipeline.settings)
+        assert data[44:] == await tone_pcm(text)
         assert not await redis.exists(Keys(key_prefix).batch_result(batch_id))
 
 
@@ -252,7 +227,7 @@ async def test_a_large_file_without_a_directory_fails_saying_so(
         redis,
         batches,
     ):
-        batch_id = await _new_job(batches, _text(3))
+        batch_id = await _new_job(batches, numbered_text(3))
         assert await _coordinator(pipeline, redis, batch_id).run() == "failed"
         state = await batches.get(batch_id)
         assert state is not None and "VOXLINE_BATCH_DIR" in state.error
@@ -284,7 +259,7 @@ async def test_the_callback_gets_the_final_state(
 ) -> None:
     url, received = callback_server
     async with _stack(redis_url, key_prefix) as (pipeline, redis, batches):
-        batch_id = await _new_job(batches, _text(3), fmt="mp3", callback=url)
+        batch_id = await _new_job(batches, numbered_text(3), fmt="mp3", callback=url)
         assert await _coordinator(pipeline, redis, batch_id).run() == "done"
         assert len(received) == 1
         body = received[0]
@@ -296,7 +271,7 @@ async def test_the_callback_gets_the_final_state(
 async def test_the_arq_worker_runs_a_job_once_however_often_enqueued(
     redis_url: str, key_prefix: str
 ) -> None:
-    text = _text(8)
+    text = numbered_text(8)
     async with _stack(redis_url, key_prefix) as (pipeline, redis, batches):
         keys = Keys(key_prefix)
         batch_id = await _new_job(batches, text, fmt="wav")
@@ -322,4 +297,4 @@ async def test_the_arq_worker_runs_a_job_once_however_often_enqueued(
             await stop(task)
             await worker.close()
         audio = await _result(redis, keys, batch_id)
-        assert audio[44:] == await _expected_pcm(text, pipeline.settings)
+        assert audio[44:] == await tone_pcm(text)
