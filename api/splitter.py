@@ -42,6 +42,9 @@ Rules for the ambiguous cases:
   but only when the clause so far has ``MIN_CLAUSE_CHARS`` letters or digits and two words
   (a CJK clause needs the letters only), so "Yes, I do.", "a, b, c" and "苹果、香蕉、橘子"
   stay whole, and "1,000,000" or "10:30" are never cut (no whitespace after the mark).
+- ``granularity="none"`` (vllm-omni's default) never cuts at a sentence end or a paragraph:
+  everything buffered goes out as one piece at ``flush`` (``input.done``/``input.flush``).
+  The length rule below still applies, so one request cannot hold a worker for minutes.
 - A piece longer than ``max_sentence_chars`` is cut as soon as the limit is passed: after the
   last clause mark or dash, else at the last space, else hard at the limit; a clause mark or
   space in the first third of the piece is not used, so a cut never leaves a tiny piece.
@@ -53,7 +56,7 @@ import re
 import unicodedata
 from typing import Final, Literal
 
-Granularity = Literal["sentence", "clause"]
+Granularity = Literal["none", "sentence", "clause"]
 
 # Titles and abbreviations that practically never end a sentence ("Dr. Smith", "e.g. this").
 NON_TERMINAL_ABBREVIATIONS: Final = frozenset(
@@ -126,6 +129,7 @@ _STOPS_CLAUSE: Final = re.compile(
     )
     + "]"
 )  # fmt: skip
+_STOPS_NONE: Final = re.compile(r"(?!)")  # matches nothing: only the length rule cuts
 
 
 def _run_len(s: str, p: int, ch: str) -> int:
@@ -157,11 +161,14 @@ class SentenceSplitter:
     ) -> None:
         if max_sentence_chars < 1:
             raise ValueError("max_sentence_chars must be at least 1")
-        if granularity not in ("sentence", "clause"):
+        if granularity not in ("none", "sentence", "clause"):
             raise ValueError(f"unknown granularity {granularity!r}")
         self._max = max_sentence_chars
         self._clause = granularity == "clause"
-        self._stops = _STOPS_CLAUSE if self._clause else _STOPS_SENTENCE
+        self._whole = granularity == "none"
+        self._stops = {"none": _STOPS_NONE, "clause": _STOPS_CLAUSE}.get(
+            granularity, _STOPS_SENTENCE
+        )
         self.reset()
 
     # --- public API ----------------------------------------------------------------------
@@ -211,6 +218,9 @@ class SentenceSplitter:
         return len(self._buf) + len(self._hold) + len(self._head)
 
     def _append(self, cleaned: str) -> None:
+        if cleaned and self._whole:
+            # No piece boundaries at all: a paragraph break is just a space.
+            cleaned = cleaned.replace(_BREAK, " ")
         if cleaned:
             # With the only reference in a local, CPython grows the string in place instead
             # of copying the whole pending sentence on every token.

@@ -256,7 +256,10 @@ def _add_http(parser: argparse.ArgumentParser, *, host: str) -> None:
 
 def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
-        "--engine", default=default, help=f"espeak, pocket-tts, vits or tone (default: {default})"
+        "--engine",
+        default=default,
+        help="espeak, pocket-tts, vits or tone; vits defaults to MMS-TTS (facebook/mms-tts-eng), "
+        f"whose weights are CC-BY-NC-4.0: non-commercial use only (default: {default})",
     )
     parser.add_argument(
         "--model",

@@ -450,3 +450,24 @@ async def test_session_end_to_end(
         # The noise-free voice says the sentence exactly as the engine alone does.
         expected = pcm_of(await collect(engine, sentence.start["sentence_text"]))
         assert_same_audio(np.frombuffer(sentence.audio, dtype="<i2"), expected)
+
+
+async def test_the_mms_licence_is_stated_at_start_and_in_the_help(
+    plain_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shutil
+
+    from voxline.cli import main
+
+    mms = shutil.copytree(plain_dir, tmp_path / "mms-tts-eng")  # named as `hf download` keeps it
+    caplog.set_level("INFO", logger="voxline.worker.vits")
+    async with started(VitsEngine(model=str(mms))):
+        pass
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("vits: ")]
+    assert "CC-BY-NC-4.0, non-commercial use only" in line
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    assert "CC-BY-NC-4.0" in "".join(capsys.readouterr().out.split())  # argparse wraps at "-"

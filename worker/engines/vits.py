@@ -71,6 +71,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _MMS_LANGUAGE = re.compile(r"mms-tts-([a-z]{3}\S*)$")
 _NON_ROMAN = re.compile(r"[^\x00-\x7f]")
+# facebook/mms-tts-* weights are CC-BY-NC-4.0: said at start so no one ships them unaware.
+MMS_LICENCE = "CC-BY-NC-4.0"
+_CARD_LICENCE = re.compile(r"^license:\s*(\S+)\s*$", re.M)
 
 
 def _missing(name: str, exc: BaseException | None = None) -> RuntimeError:
@@ -290,6 +293,24 @@ def _masked_resblock(block: Any, hidden: torch.Tensor, keep: torch.Tensor) -> to
     return hidden
 
 
+def licence_note(model: str) -> str:
+    """The weights' licence for the start-up line: a local model card's, else MMS-TTS's for an
+    MMS id or directory name."""
+    licence = None
+    card = Path(model).expanduser() / "README.md"
+    if card.is_file():
+        front = card.read_text(errors="replace").split("---")
+        if len(front) > 2 and (match := _CARD_LICENCE.search(front[1])):
+            licence = match.group(1)
+    if licence is None and "mms-tts" in model.lower():
+        licence = MMS_LICENCE
+    if licence is None:
+        return f"licence: see the model card (MMS-TTS weights are {MMS_LICENCE})"
+    if licence.upper() == MMS_LICENCE:
+        return f"licence: {MMS_LICENCE}, non-commercial use only"
+    return f"licence: {licence}"
+
+
 def _language_from_id(model: str) -> str | None:
     match = _MMS_LANGUAGE.search(model.rstrip("/"))
     return match.group(1) if match else None
@@ -449,12 +470,13 @@ class VitsEngine(Engine):
         self._wakeup = asyncio.Event()
         self._batcher = asyncio.create_task(self._batch_loop(), name="vits-batcher")
         log.info(
-            "vits: %s on %s (%s), %d threads, batches of up to %d",
+            "vits: %s on %s (%s), %d threads, batches of up to %d; %s",
             self.spec.model,
             model.device,
             model.model.dtype,
             self.threads,
             self.max_batch,
+            licence_note(self.spec.model),
         )
 
     async def close(self) -> None:

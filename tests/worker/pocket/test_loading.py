@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from worker.engines.pocket.loading import (
+    DEFAULT_MODEL,
     ModelNotFound,
     codec_dtype,
     load,
@@ -55,3 +56,28 @@ def test_device_and_dtype_choices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA device"):
             resolve_device("cuda")
+
+
+def test_the_default_is_the_transformers_format_checkpoint() -> None:
+    assert DEFAULT_MODEL == "eustlb/pocket-tts"  # what transformers' PocketTTS* docs name
+
+
+@pytest.mark.parametrize("source", ["directory", "kyutai/pocket-tts"])
+def test_a_native_checkpoint_is_refused_naming_a_transformers_one(
+    source: str, tmp_path: Path
+) -> None:
+    # Kyutai's native layout: one weights file, a SentencePiece tokenizer, voice embeddings,
+    # and no config.json.
+    native = tmp_path / "pocket-native"
+    (native / "embeddings").mkdir(parents=True)
+    (native / "tts_b6369a24.safetensors").write_bytes(b"\0" * 16)
+    (native / "tokenizer.model").write_bytes(b"\0" * 16)
+    (native / "embeddings" / "alba.safetensors").write_bytes(b"\0" * 16)
+    model_id = str(native) if source == "directory" else source
+    expected = (
+        f"native pocket-tts checkpoint at {model_id}; "
+        "use a transformers-format one such as eustlb/pocket-tts"
+    )
+    with pytest.raises(ModelNotFound) as raised:
+        load(model_id, torch.device("cpu"), torch.float32)
+    assert str(raised.value) == expected

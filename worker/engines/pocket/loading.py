@@ -23,7 +23,11 @@ from worker.engines.checkpoints import resolve_device as _resolve_device
 
 log = logging.getLogger("voxline.worker.pocket")
 
-DEFAULT_MODEL = "kyutai/pocket-tts"
+# The transformers-format checkpoint transformers' PocketTTS* classes document; Kyutai's own
+# repos hold the native layout (tts_*.safetensors, tokenizer.model, no config.json), which
+# transformers cannot load.
+DEFAULT_MODEL = "eustlb/pocket-tts"
+NATIVE_REPOS = frozenset({"kyutai/pocket-tts", "kyutai/pocket-tts-without-voice-cloning"})
 
 
 class ModelNotFound(RuntimeError):
@@ -83,6 +87,15 @@ def _missing(model_id: str, exc: Exception) -> ModelNotFound:
     )
 
 
+def _native(model_id: str, local: Path | None) -> bool:
+    """Kyutai's native layout: weights or a tokenizer but no config.json for transformers."""
+    if local is None:
+        return model_id.rstrip("/") in NATIVE_REPOS
+    if (local / "config.json").exists():
+        return False
+    return any(local.glob("*.safetensors")) or (local / "tokenizer.model").exists()
+
+
 def _processor(source: str, local: Path | None, codec_kwargs: dict) -> PocketTTSProcessor:
     """The processor; a local checkpoint may name its audio tokenizer relative to itself,
     which transformers would resolve against the current directory instead."""
@@ -120,6 +133,11 @@ def codec_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
 
 def load(model_id: str, device: torch.device, dtype: torch.dtype) -> Loaded:
     local = Path(model_id) if Path(model_id).is_dir() else None
+    if _native(model_id, local):
+        raise ModelNotFound(
+            f"native pocket-tts checkpoint at {model_id}; "
+            f"use a transformers-format one such as {DEFAULT_MODEL}"
+        )
     kwargs = {"local_files_only": local is not None or offline()}
     try:
         model = PocketTTSForConditionalGeneration.from_pretrained(model_id, dtype=dtype, **kwargs)
