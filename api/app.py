@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
@@ -59,8 +60,26 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
     app = FastAPI(title="voxline", lifespan=lifespan)
     app.state.auth = auth
     app.state.key_sessions = KeySessions()
+    # Without keys: sessions per client address (max_sessions_per_client).
+    app.state.client_sessions = KeySessions()
     # Middleware, not a per-route dependency: it guards every route added later, too.
-    app.add_middleware(AuthMiddleware, auth=auth, sessions=app.state.key_sessions)
+    app.add_middleware(
+        AuthMiddleware,
+        auth=auth,
+        sessions=app.state.key_sessions,
+        client_sessions=app.state.client_sessions,
+    )
+    # CORS for the REST routes, outside the auth check: a browser's preflight carries no key.
+    # The origins a browser may call from are the WebSocket's (allowed_origins; empty = any);
+    # AuthMiddleware refuses a request from any other with 403, and so its preflight fails.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=sorted(auth.origins) or ["*"],
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["*"],
+        expose_headers=["Retry-After", "X-Sample-Rate", "X-Voxline-Engine"],
+        max_age=600,
+    )
     app.include_router(demo.router)
     # Every REST route raises HTTPError for its OpenAI-shaped error responses.
     app.add_exception_handler(HTTPError, lambda _request, exc: exc.response())

@@ -1,4 +1,4 @@
-"""Optional API keys, the allowed-origins check and per-key session limits.
+"""Optional API keys, the allowed-origins check and per-key and per-client session limits.
 
 Keys are configured as hashes (`VOXLINE_API_KEYS`), one entry per key, comma-separated:
 
@@ -11,6 +11,11 @@ as the WebSocket subprotocols `token, <key>` (browsers cannot set headers on a W
 `?api_key=<key>`. With keys configured, everything needs one but the probes (`/healthz`,
 `/readyz`), Prometheus' `/metrics` and the static browser demo (`/`, `/demo/*`).
 
+Without keys, `VOXLINE_MAX_SESSIONS_PER_CLIENT` bounds the WebSocket sessions one client address
+holds open, so that one client cannot take every `VOXLINE_MAX_SESSIONS` slot. The address is the
+peer's; when the peer is one of `VOXLINE_TRUSTED_PROXIES` (addresses or CIDRs), it is the
+right-most `X-Forwarded-For` address that is not itself a trusted proxy.
+
 A raw key never goes into a log line, an exception or a repr: keys are identified by label.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -55,8 +61,13 @@ _LABEL = re.compile(r"[A-Za-z0-9_.:-]+")
 ENTRY_FORM = "[label=]sha256:<64 hex digits>[/max_sessions]"
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class AuthConfigError(ValueError):
-    """VOXLINE_API_KEYS or VOXLINE_ALLOWED_ORIGINS cannot be used; raised at start-up."""
+    """VOXLINE_API_KEYS, VOXLINE_ALLOWED_ORIGINS, VOXLINE_TRUSTED_PROXIES or a session limit
+    cannot be used; raised at start-up."""
 
 
 def hash_key(key: str) -> str:
@@ -122,6 +133,52 @@ def parse_origins(spec: str) -> frozenset[str]:
     return frozenset(origins)
 
 
+def parse_proxies(spec: str) -> tuple[IPNetwork, ...]:
+    """The networks of VOXLINE_TRUSTED_PROXIES: comma-separated addresses or CIDRs."""
+    networks: list[IPNetwork] = []
+    for part in spec.split(","):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise AuthConfigError(
+                f"VOXLINE_TRUSTED_PROXIES: {text!r} is not an IP address or CIDR "
+                "(e.g. 10.0.0.0/8, 192.168.1.7 or fd00::/8)"
+            ) from None
+        networks.append(_unmapped_network(network))
+    return tuple(networks)
+
+
+def _unmapped_network(network: IPNetwork) -> IPNetwork:
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= 96
+        and network.network_address.ipv4_mapped is not None
+    ):
+        mapped = network.network_address.ipv4_mapped
+        return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+    return network
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    """An address as peers and proxies write it: bare, `[v6]:port` or `v4:port`; IPv4-mapped
+    IPv6 addresses are read as IPv4."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
@@ -184,19 +241,27 @@ class Authenticator:
         keys: Iterable[KeyEntry] = (),
         origins: Iterable[str] = (),
         max_sessions_per_key: int = 0,
+        max_sessions_per_client: int = 0,
+        trusted_proxies: Iterable[IPNetwork] = (),
     ) -> None:
         self.keys = tuple(keys)
         self.origins = frozenset(origins)
         self.max_sessions_per_key = max_sessions_per_key
+        self.max_sessions_per_client = max_sessions_per_client
+        self.trusted_proxies = tuple(trusted_proxies)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
         if settings.max_sessions_per_key < 0:
             raise AuthConfigError("VOXLINE_MAX_SESSIONS_PER_KEY must be 0 (no limit) or more")
+        if settings.max_sessions_per_client < 0:
+            raise AuthConfigError("VOXLINE_MAX_SESSIONS_PER_CLIENT must be 0 (no limit) or more")
         return cls(
             parse_keys(settings.api_keys),
             parse_origins(settings.allowed_origins),
             settings.max_sessions_per_key,
+            settings.max_sessions_per_client,
+            parse_proxies(settings.trusted_proxies),
         )
 
     @property
@@ -225,9 +290,38 @@ class Authenticator:
         """Sessions the key may hold open on this process; 0 = no limit."""
         return self.max_sessions_per_key if entry.max_sessions is None else entry.max_sessions
 
+    def trusted(self, address: IPAddress | None) -> bool:
+        return address is not None and any(address in net for net in self.trusted_proxies)
+
+    def client_address(self, scope: Scope) -> str | None:
+        """The address the per-client limit counts: the peer's, or, when the peer is a trusted
+        proxy, the right-most X-Forwarded-For address that is not one too (everything left of
+        it was written by the client and may be forged). None: no peer address (a Unix socket).
+        """
+        client = scope.get("client")
+        if not client:
+            return None
+        peer = _parse_ip(str(client[0]))
+        if not self.trusted(peer):
+            return str(client[0]) if peer is None else str(peer)
+        hops = [
+            hop.strip()
+            for name, value in scope["headers"]
+            if name.lower() == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+            if hop.strip()
+        ]
+        for hop in reversed(hops):
+            address = _parse_ip(hop)
+            if not self.trusted(address):
+                return str(address) if address is not None else hop[:100]
+        # Every hop is a trusted proxy: the request comes from inside; the first hop is it.
+        return str(_parse_ip(hops[0])) if hops else str(peer)
+
 
 class KeySessions:
-    """Open WebSocket sessions per key label on this front-end process."""
+    """Open WebSocket sessions per key label (or per client address) on this front-end
+    process."""
 
     def __init__(self) -> None:
         self._open: Counter[str] = Counter()
@@ -259,10 +353,18 @@ class Refusal:
 class AuthMiddleware:
     """Pure ASGI, so it guards every route, HTTP and WebSocket, present and future."""
 
-    def __init__(self, app: ASGIApp, auth: Authenticator, sessions: KeySessions) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        auth: Authenticator,
+        sessions: KeySessions,
+        client_sessions: KeySessions | None = None,
+    ) -> None:
         self.app = app
         self.auth = auth
-        self.sessions = sessions
+        self.sessions = sessions  # per key label
+        # Per client address, without keys.
+        self.client_sessions = KeySessions() if client_sessions is None else client_sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -307,25 +409,32 @@ class AuthMiddleware:
     ) -> None:
         if subprotocol is not None:
             send = _with_subprotocol(send, subprotocol)
-        if entry is None:
-            await self.app(scope, receive, send)
-            return
-        limit = self.auth.limit(entry)
-        if not self.sessions.try_acquire(entry.label, limit):
-            log.info("refused a session of key %s: at its limit of %d", entry.label, limit)
+        if entry is not None:
+            counter, name, limit = self.sessions, entry.label, self.auth.limit(entry)
+            what = f"key {entry.label}"
+        else:
+            address = self.auth.client_address(scope) if self.auth.max_sessions_per_client else None
+            if address is None:
+                await self.app(scope, receive, send)
+                return
+            counter, name, limit = self.client_sessions, address, self.auth.max_sessions_per_client
+            what = f"client {address}"
+        if not counter.try_acquire(name, limit):
+            log.info("refused a session of %s: at its limit of %d", what, limit)
+            holder = "key" if entry is not None else "client address"
             refusal = Refusal(
                 ErrorCode.TOO_MANY_SESSIONS,
-                f"this key already holds its limit of {limit} sessions",
+                f"this {holder} already holds its limit of {limit} sessions",
                 429,
                 CloseCode.TRY_AGAIN_LATER,
             )
             await self._refuse(scope, receive, send, refusal, subprotocol)
             return
-        log.debug("session of key %s (%d open)", entry.label, self.sessions.count(entry.label))
+        log.debug("session of %s (%d open)", what, counter.count(name))
         try:
             await self.app(scope, receive, send)
         finally:
-            self.sessions.release(entry.label)
+            counter.release(name)
 
     def _check_origin(self, scope: Scope) -> Refusal | None:
         origin = next((v for k, v in scope["headers"] if k.lower() == b"origin"), None)
@@ -430,4 +539,6 @@ def describe(auth: Authenticator) -> dict[str, Any]:
         "keys": [entry.label for entry in auth.keys],
         "origins": sorted(auth.origins),
         "max_sessions_per_key": auth.max_sessions_per_key,
+        "max_sessions_per_client": auth.max_sessions_per_client,
+        "trusted_proxies": [str(net) for net in auth.trusted_proxies],
     }

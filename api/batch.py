@@ -8,6 +8,9 @@ small, else `batch_dir`). The client polls the job and downloads the file once i
 A job is never refused because the pool is busy (no 429): batch work waits by design.
 `DELETE` cancels a job that has not finished (it stays readable, `cancelled`, until it expires)
 and deletes a finished one (its file and its record).
+
+With API keys on, a job belongs to the key that created it: to any other key it does not exist
+(404, the answer for a missing job), on every route. With keys off, any caller sees any job.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from redis.exceptions import RedisError
 from api.errors import HTTPError, documented, redis_unreachable
 from api.hub import Hub
 from api.rest import parse_body, pool_engine, read_body, too_large
+from batch.callbacks import check_url, parse_allow, redact_url
 from batch.connections import enqueue_batch
 from shared.audio.codecs import FILE_EXTENSIONS, MEDIA_TYPES
 from shared.batches import (
@@ -43,9 +47,10 @@ log = logging.getLogger("voxline.api.batch")
 PATH = "/v1/audio/speech/jobs"
 JOB_ID = "^[0-9a-f]{24}$"  # shared.batches.new_batch_id
 CALLBACK_MAX_CHARS = 2048
-# An http(s) URL of printable ASCII (no spaces) whose host part is not empty; whatever it
-# holds beyond that is the receiver's business (a callback that fails is recorded on the job
-# as `callback_error`). Explicit ranges, not \s or \S: every regex engine reads them alike.
+# An http(s) URL of printable ASCII (no spaces) whose host part is not empty (and then
+# batch.callbacks.check_url: a host and a valid port). Where it may point is checked when the
+# callback is made (batch/callbacks.py); a callback that fails is recorded on the job as
+# `callback_error`. Explicit ranges, not \s or \S: every regex engine reads them alike.
 CALLBACK_URL = r'^https?://[!"$-.0->@-~][!-~]*$'  # the first character is none of # / ?
 CANCELLED_BY_CLIENT = "cancelled by the client"
 _JOB_ID = re.compile("[0-9a-f]{24}")  # fullmatch: `$` would let a trailing newline in
@@ -100,7 +105,12 @@ class Job(BaseModel):
     error: str | None = Field(None, description="Why it failed, or that it was cancelled")
     audio_bytes: int | None = Field(None, description="The file's size, once done")
     duration: float | None = Field(None, description="Seconds of audio, once done")
-    callback_error: str | None = Field(None, description="Why the callback could not be made")
+    callback_url: str | None = Field(None, description="The callback URL, credentials redacted")
+    callback_error: str | None = Field(
+        None,
+        description="Why the callback could not be made: delivery failed (status N), "
+        "(unreachable) or (address not allowed)",
+    )
 
 
 # The id in the path, documented by hand: a parameter FastAPI validated would be refused in
@@ -129,6 +139,7 @@ _NO_WORKER = {503: _UNAVAILABLE[503] + ", or no TTS worker is alive"}
 
 
 def batch_router(settings: Settings) -> APIRouter:
+    parse_allow(settings.callback_allow)  # a bad VOXLINE_CALLBACK_ALLOW fails at start-up
     router = APIRouter(tags=["batch"])
     schema = BatchJobRequest.model_json_schema()
     schema["properties"]["input"]["maxLength"] = settings.batch_max_chars
@@ -169,7 +180,8 @@ def batch_router(settings: Settings) -> APIRouter:
         },
     )
     async def get_job(request: Request) -> Response:
-        return JSONResponse((await _job(_hub(request), request.path_params["job_id"])).public())
+        state = await _job(_hub(request), request.path_params["job_id"], _owner(request))
+        return JSONResponse(state.public())
 
     @router.get(
         PATH + "/{job_id}/audio",
@@ -197,7 +209,7 @@ def batch_router(settings: Settings) -> APIRouter:
         },
     )
     async def get_job_audio(request: Request) -> Response:
-        return await _audio(_hub(request), request.path_params["job_id"])
+        return await _audio(_hub(request), request.path_params["job_id"], _owner(request))
 
     @router.delete(
         PATH + "/{job_id}",
@@ -213,7 +225,7 @@ def batch_router(settings: Settings) -> APIRouter:
         },
     )
     async def delete_job(request: Request) -> Response:
-        return await _delete(_hub(request), request.path_params["job_id"])
+        return await _delete(_hub(request), request.path_params["job_id"], _owner(request))
 
     return router
 
@@ -225,11 +237,19 @@ def _hub(request: Request) -> Hub:
     return hub
 
 
+def _owner(request: Request) -> str | None:
+    """The label of the API key the request came with (api/auth.py); None with keys off."""
+    return getattr(request.state, "api_key_label", None)
+
+
 async def _create(request: Request, hub: Hub) -> Response:
     settings = hub.settings
     req = parse_body(await read_body(request, settings.batch_max_chars), BatchJobRequest)
     if len(req.input) > settings.batch_max_chars:
         raise too_large(settings.batch_max_chars)
+    if req.callback_url is not None and (why := check_url(req.callback_url)) is not None:
+        # Schema-valid, so 400 (as for a voice the pool lacks), not the schema's 422.
+        raise HTTPError(400, f"callback_url: {why}", code="invalid_value", param="callback_url")
     engine = await pool_engine(hub, refuse_busy=False)  # batch jobs wait: never a 429
     asked = req.model_dump(
         include={"voice", "response_format", "sample_rate", "speed", "language"},
@@ -248,6 +268,8 @@ async def _create(request: Request, hub: Hub) -> Response:
         speed=config.speed,
         language=config.language,
         callback_url=req.callback_url or "",
+        callback_redacted=redact_url(req.callback_url) if req.callback_url else "",
+        owner=_owner(request) or "",
     )
     try:
         await hub.batches.create(batch_id, wanted)
@@ -265,7 +287,7 @@ async def _create(request: Request, hub: Hub) -> Response:
             "could not queue the job (arq's Redis is unreachable); try again later",
             code="unavailable",
         ) from None
-    state = await _job(hub, batch_id)
+    state = await _job(hub, batch_id, _owner(request))
     log.info(
         "batch job %s: %d characters, %s at %d Hz",
         batch_id,
@@ -289,20 +311,24 @@ def _url(batch_id: str) -> str:
     return f"{PATH}/{batch_id}"
 
 
-async def _job(hub: Hub, batch_id: str) -> BatchState:
+async def _job(hub: Hub, batch_id: str, owner: str | None) -> BatchState:
+    """The job, if `owner` may see it: with keys on (`owner` is a key label) only the key that
+    created it may; another key is told what a missing job tells."""
     state = None
     if _JOB_ID.fullmatch(batch_id):
         try:
             state = await hub.batches.get(batch_id)
         except (RedisError, OSError):
             raise redis_unreachable() from None
+    if state is not None and owner is not None and state.request.owner != owner:
+        state = None
     if state is None:
         raise HTTPError(404, f"no job {batch_id!r} (or it expired)", code="job_not_found")
     return state
 
 
-async def _audio(hub: Hub, batch_id: str) -> Response:
-    state = await _job(hub, batch_id)
+async def _audio(hub: Hub, batch_id: str, owner: str | None) -> Response:
+    state = await _job(hub, batch_id, owner)
     if state.status in (BatchStatus.QUEUED, BatchStatus.RUNNING):
         raise HTTPError(
             409,
@@ -332,12 +358,12 @@ async def _audio(hub: Hub, batch_id: str) -> Response:
     return StreamingResponse(pieces, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-async def _delete(hub: Hub, batch_id: str) -> Response:
-    state = await _job(hub, batch_id)
+async def _delete(hub: Hub, batch_id: str, owner: str | None) -> Response:
+    state = await _job(hub, batch_id, owner)
     try:
         if state.status not in FINAL:
             await _cancel(hub, batch_id)
-            state = await _job(hub, batch_id)  # cancelled, or it finished meanwhile
+            state = await _job(hub, batch_id, owner)  # cancelled, or it finished meanwhile
         elif state.status is BatchStatus.DONE:
             await hub.results.delete(state)
             await hub.redis.delete(hub.keys.batch(batch_id))

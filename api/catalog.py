@@ -1,5 +1,6 @@
-"""`GET /v1/models` and `GET /v1/voices`: what the running workers offer, read from the
-engine info they advertise in the registry (empty lists while no worker is alive)."""
+"""`GET /v1/models`, `GET /v1/voices` and vllm-omni's `GET /v1/audio/voices`: what the
+running workers offer, read from the engine info they advertise in the registry (empty lists
+while no worker is alive), with the voice aliases the front end adds (OpenAI's names)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,25 @@ class ModelList(BaseModel):
 class Voice(BaseModel):
     id: str
     name: str
-    languages: list[str]  # empty: the engine picks the language (only "Auto")
+    # What the voice speaks itself; empty: the engine picks the language (only "Auto").
+    languages: list[str]
+    aliases: list[str]  # other names a request may use for this voice (OpenAI's, ...)
 
 
 class VoiceList(BaseModel):
     engine: str | None
     default: str | None
     voices: list[Voice]
+    aliases: dict[str, str]  # alias -> the voice it names
     workers: int
+
+
+class AudioVoiceList(BaseModel):
+    """vllm-omni's shape: voice names (here with the aliases), and uploaded clones (none:
+    voxline stores no uploaded voices, a clone comes with each request's ref_audio)."""
+
+    voices: list[str]
+    uploaded_voices: list[dict[str, object]]
 
 
 def catalog_router() -> APIRouter:
@@ -57,13 +69,39 @@ def catalog_router() -> APIRouter:
     async def list_voices(request: Request) -> VoiceList:
         engine, workers = await _engine(request)
         if engine is None:
-            return VoiceList(engine=None, default=None, voices=[], workers=0)
+            return VoiceList(engine=None, default=None, voices=[], aliases={}, workers=0)
+        named: dict[str, list[str]] = {}
+        for alias, voice in engine.aliases:
+            named.setdefault(voice, []).append(alias)
         voices = [
-            Voice(id=voice, name=voice, languages=list(engine.languages)) for voice in engine.voices
+            Voice(
+                id=voice,
+                name=voice,
+                languages=list(engine.languages_of(voice)),
+                aliases=named.get(voice, []),
+            )
+            for voice in engine.voices
         ]
         return VoiceList(
-            engine=engine.name, default=engine.default_voice, voices=voices, workers=workers
+            engine=engine.name,
+            default=engine.default_voice,
+            voices=voices,
+            aliases=dict(engine.aliases),
+            workers=workers,
         )
+
+    @router.get(
+        "/v1/audio/voices",
+        response_model=AudioVoiceList,
+        summary="List voices (vllm-omni-compatible)",
+        responses=documented(401, 503),
+    )
+    async def list_audio_voices(request: Request) -> AudioVoiceList:
+        engine, _ = await _engine(request)
+        if engine is None:
+            return AudioVoiceList(voices=[], uploaded_voices=[])
+        names = [*engine.voices, *(alias for alias, _ in engine.aliases)]
+        return AudioVoiceList(voices=names, uploaded_voices=[])
 
     return router
 

@@ -80,7 +80,9 @@ class Hub:
                 leases=leases,
             ),
             returns=returns,
-            pool=WorkerPool(redis, keys, worker_ttl=settings.worker_ttl),
+            pool=WorkerPool(
+                redis, keys, worker_ttl=settings.worker_ttl, voice_aliases=settings.voice_aliases
+            ),
             leases=leases,
             batches=Batches(
                 redis,

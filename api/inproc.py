@@ -11,6 +11,8 @@ from typing import Any
 
 from starlette.websockets import WebSocketState
 
+from shared.protocol import EXTENSIONS
+
 # Frames the session may write before the reader takes them: the session then waits, as it
 # would on a slow client's socket, instead of piling a long text's audio up in memory.
 OUTBOX_FRAMES = 256
@@ -29,12 +31,14 @@ class LocalSocket:
 
     def __init__(self) -> None:
         self.application_state = WebSocketState.CONNECTING
+        # The in-process caller reads voxline's extension messages (session.ready, warning).
+        self.scope: dict[str, Any] = {"subprotocols": [EXTENSIONS]}
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._outbox: asyncio.Queue[Frame] = asyncio.Queue(OUTBOX_FRAMES)
 
     # --- the session's side ---------------------------------------------------------------
 
-    async def accept(self) -> None:
+    async def accept(self, subprotocol: str | None = None) -> None:
         self.application_state = WebSocketState.CONNECTED
 
     async def receive(self) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from shared.capabilities import EngineInfo
 from shared.connections import Client
 from shared.keys import Keys
+from shared.voice_aliases import aliases_for, parse_overrides
 
 log = logging.getLogger("voxline.api.pool")
 
@@ -15,8 +17,13 @@ log = logging.getLogger("voxline.api.pool")
 class WorkerPool:
     """Reads the workers' registry; cached briefly, since every new session asks."""
 
-    def __init__(self, redis: Client, keys: Keys, *, worker_ttl: float) -> None:
+    def __init__(
+        self, redis: Client, keys: Keys, *, worker_ttl: float, voice_aliases: str = ""
+    ) -> None:
         self._redis = redis
+        # The setting's aliases, merged over OpenAI's names (a bad one stops the start here).
+        self._alias_overrides = parse_overrides(voice_aliases)
+        self._dropped_aliases: set[str] = set()  # each logged once
         self._keys = keys
         self._ttl = worker_ttl
         self._cached: tuple[float, EngineInfo | None, int] = (0.0, None, 0)
@@ -45,10 +52,21 @@ class WorkerPool:
         names = {i.name for i in infos}
         if len(names) > 1:
             log.warning("workers on one jobs stream run different engines: %s", sorted(names))
-        info = infos[0] if infos else None
+        info = self._with_aliases(infos[0]) if infos else None
         # Only workers that published their info can serve a session.
         self._cached = (time.monotonic(), info, len(infos))
         return info, len(infos)
+
+    def _with_aliases(self, info: EngineInfo) -> EngineInfo:
+        """The info with the voice aliases its engine can serve; the others are logged once."""
+        aliases, dropped = aliases_for(info, self._alias_overrides)
+        for line in dropped:
+            if line not in self._dropped_aliases:
+                self._dropped_aliases.add(line)
+                # The operator's own alias is worth a warning; the table's is expected.
+                mine = line.partition("=")[0] in self._alias_overrides
+                log.log(logging.WARNING if mine else logging.INFO, "voice alias dropped: %s", line)
+        return dataclasses.replace(info, aliases=aliases)
 
     def _check_shards(self, read: list[int]) -> None:
         """Jobs on a shard no worker reads would wait until their deadline: say so loudly."""

@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from api.audio_out import ClientAudio
 from api.hub import Hub
 from api.splitter import SentenceSplitter
-from shared import logs, metrics, protocol
+from shared import logs, memory, metrics, protocol
 from shared.protocol import (
     ClientMessage,
     CloseCode,
@@ -36,6 +36,8 @@ from shared.protocol import (
 from shared.wire import Event, EventKind, Job
 
 log = logging.getLogger("voxline.api.session")
+# A session that made this many sentences has its freed memory handed back as it ends.
+TRIM_AFTER_SENTENCES = 2000
 
 
 class _Disconnected(Exception):
@@ -84,6 +86,12 @@ class Session:
         self.settings = hub.settings
         self.id = uuid.uuid4().hex
         self.config = SessionConfig()
+        # Extension messages (session.ready, warning) only for clients that offered the
+        # subprotocol: vllm-omni's clients fail on message types they do not know.
+        self.extensions = protocol.EXTENSIONS in (ws.scope.get("subprotocols") or ())
+        self._honoured: tuple[str, ...] = ()  # compatibility fields the engine honours
+        self._waiting_chars = 0  # text of the sentences in _waiting
+        self._sentences_made = 0
         self.voice = ""
         self.engine_name = ""  # the pool's engine, as metrics label it
         self.sample_rate = 0
@@ -110,10 +118,16 @@ class Session:
         try:
             await self._run()
         finally:
+            if self._sentences_made >= TRIM_AFTER_SENTENCES:
+                # Freed, the many small objects of a big session stay in malloc's arenas.
+                self.utterances.clear()
+                self._waiting.clear()
+                self._live.clear()
+                await asyncio.to_thread(memory.trim)
             self.finished.set()
 
     async def _run(self) -> None:
-        await self.ws.accept()
+        await self.ws.accept(subprotocol=protocol.EXTENSIONS if self.extensions else None)
         if self.hub.draining:
             await self._close(CloseCode.SERVICE_RESTART)
             return
@@ -261,7 +275,9 @@ class Session:
     # --- receiving ------------------------------------------------------------------------
 
     async def _read(self) -> str:
-        """One text frame; binary frames and oversize messages are client errors."""
+        """One text frame; binary frames and oversize messages are client errors. A frame may
+        be as large as a session.config may be (a base64 ref_audio); other messages are held
+        to max_message_bytes once parsed."""
         message = await self.ws.receive()
         if message["type"] == "websocket.disconnect":
             raise _Disconnected
@@ -270,10 +286,23 @@ class Session:
             raise ProtocolError(
                 ErrorCode.UNEXPECTED_BINARY, "binary frames are not accepted from the client"
             )
-        limit = self.settings.max_message_bytes
+        limit = max(self.settings.max_message_bytes, self.settings.max_config_bytes)
         if len(text) > limit // 4 and len(text.encode()) > limit:
             raise ProtocolError(ErrorCode.TEXT_TOO_LARGE, f"message is larger than {limit} bytes")
         return text
+
+    def _parse(self, raw: str) -> ClientMessage:
+        message = protocol.parse_client_message(raw)
+        limit = (
+            self.settings.max_config_bytes
+            if message.type == "session.config"
+            else self.settings.max_message_bytes
+        )
+        if len(raw) > limit // 4 and len(raw.encode()) > limit:
+            raise ProtocolError(
+                ErrorCode.TEXT_TOO_LARGE, f"{message.type} is larger than {limit} bytes"
+            )
+        return message
 
     async def _first_message(self) -> dict[str, Any]:
         def not_configured(detail: str) -> ProtocolError:
@@ -285,10 +314,14 @@ class Session:
 
         try:
             raw = await asyncio.wait_for(self._read(), self.settings.config_timeout)
-            message = protocol.parse_client_message(raw)
+            message = self._parse(raw)
         except TimeoutError:
             raise not_configured(f"none within {self.settings.config_timeout:g} s") from None
         except ProtocolError as exc:
+            if exc.code == ErrorCode.TEXT_TOO_LARGE:
+                # Not a client that forgot to configure: say what was wrong.
+                exc.close = CloseCode.POLICY_VIOLATION
+                raise
             raise not_configured(exc.message) from None
         if message.type != "session.config":
             raise not_configured(f"got {message.type}")
@@ -303,6 +336,7 @@ class Session:
                 close=CloseCode.TRY_AGAIN_LATER,
             )
         self.config = protocol.parse_config(data, engine)
+        self._honoured = engine.extra_fields
         self.voice = self.config.voice or engine.default_voice
         self.engine_name = engine.name
         self.sample_rate = protocol.output_rate(self.config, engine)
@@ -317,11 +351,18 @@ class Session:
             self.audio = ClientAudio(
                 config.response_format, self.sample_rate, stream=config.stream_audio
             )
-        await self._send_json(
-            protocol.session_ready(
-                self.id, self.config.response_format, self.sample_rate, self.voice, engine.name
+        if self.extensions:
+            await self._send_json(
+                protocol.session_ready(
+                    self.id, self.config.response_format, self.sample_rate, self.voice, engine.name
+                )
             )
-        )
+        for name in config.ignored_hints(engine.extra_fields):
+            text = f"{name}: engine {engine.name} cannot honour this hint; it is ignored"
+            if self.extensions:
+                await self._send_json(protocol.warning("ignored_field", text, field=name))
+            else:
+                log.info("session %s: %s", self.id, text)
 
     async def _receive_loop(self) -> None:
         while True:
@@ -342,7 +383,7 @@ class Session:
                     await self._close(CloseCode.NORMAL)
                     return
                 self._last_activity = time.monotonic()
-                await self._handle(protocol.parse_client_message(raw))
+                await self._handle(self._parse(raw))
             except ProtocolError as exc:
                 if exc.close is not None:
                     raise
@@ -385,6 +426,14 @@ class Session:
             raise ProtocolError(
                 ErrorCode.TEXT_TOO_LARGE,
                 f"buffered text would exceed {limit} characters; text refused",
+            )
+        # What this connection makes the server hold: text not yet split plus sentences not
+        # yet on the streams (held back by max_sentences_in_flight).
+        limit = self.settings.max_pending_chars
+        if buffered + self._waiting_chars + len(text) > limit:
+            raise ProtocolError(
+                ErrorCode.TEXT_TOO_LARGE,
+                f"text waiting to be spoken would exceed {limit} characters; text refused",
             )
         utt = self._open_utterance()
         await self._enqueue_all(utt, utt.splitter.feed(text))
@@ -457,6 +506,8 @@ class Session:
             utt.sentences.append(sentence)
             self._live[(utt.index, sentence.index)] = sentence
             self._waiting.append((utt, sentence))
+            self._waiting_chars += len(text)
+        self._sentences_made += len(texts)
         utt.changed.set()
         await self._submit()
 
@@ -470,6 +521,7 @@ class Session:
         batch: list[tuple[Utterance, Sentence]] = []
         while room > 0 and self._waiting:
             utt, sentence = self._waiting.popleft()
+            self._waiting_chars -= len(sentence.text)
             if utt.cancelled or sentence.finished:
                 continue
             batch.append((utt, sentence))
@@ -510,7 +562,7 @@ class Session:
             language=config.language,
             word_timestamps=config.word_timestamps,
             enqueued_at=time.time(),
-            extra=config.extra_fields(),
+            extra=config.extra_fields(self._honoured),
         )
 
     async def _cancel(self) -> None:
@@ -549,6 +601,10 @@ class Session:
         for sentence in utt.sentences:
             self._live.pop((utt.index, sentence.index), None)
             sentence.events.put_nowait(None)
+        if any(waiting is utt for waiting, _ in self._waiting):
+            # Its text no longer counts against max_pending_chars (a barge-in frees room).
+            self._waiting = deque(w for w in self._waiting if w[0] is not utt)
+            self._waiting_chars = sum(len(s.text) for _, s in self._waiting)
         utt.changed.set()
         self._relay_wakeup.set()
 

@@ -4,8 +4,12 @@ the WebSocket.
 The request runs as a `Session` on an in-process socket (api/inproc.py): the text is split,
 queued sentence by sentence, synthesized in parallel and relayed in order. The workers send
 PCM at the asked rate; this module encodes one stream for the whole response (one Ogg, MP3,
-ADTS or FLAC stream; a WAV of unknown length) and sends it as chunked bytes or as
-server-sent events.
+ADTS or FLAC stream) and sends it as chunked bytes or as server-sent events.
+
+A WAV has exactly one header. Not streamed (vllm-omni's `stream` false or absent) it is a
+complete file whose RIFF and data sizes are right, sent once the last sentence is done;
+streamed (`stream: true`, or as SSE) its sizes are 0xFFFFFFFF, the usual convention for a
+WAV of unknown length: readers take the data up to the end of the stream.
 
 Statuses mean what they say: the response starts only once the first audio is there, so
 anything that fails before it is a 4xx/5xx with an OpenAI-style body. A sentence that fails
@@ -17,22 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.errors import HTTPError, ResponseAborted, documented
 from api.hub import Hub
 from api.inproc import Closed, Frame, LocalSocket
 from api.rest import parse_body, pool_engine, read_body, too_large
 from api.session import Session
+from api.splitter import _SPEAKABLE
 from shared.audio.codecs import MEDIA_TYPES, StreamEncoder, check_rate, default_rate
-from shared.audio.wav import wav_stream_header
+from shared.audio.wav import wav_bytes
 from shared.config import Settings
 from shared.protocol import AudioFormat, ErrorCode
 
@@ -49,7 +55,8 @@ SSE = "text/event-stream"
 
 
 class SpeechRequest(BaseModel):
-    """OpenAI's speech request, plus voxline's `sample_rate` and `language`."""
+    """OpenAI's speech request, plus voxline's `sample_rate` and vllm-omni's `language`,
+    `speaker`, `task_type` and `stream`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -58,18 +65,37 @@ class SpeechRequest(BaseModel):
         None, description="An engine from GET /v1/models (OpenAI's names mean the pool's engine)"
     )
     voice: str | None = Field(
-        None, description="A voice from GET /v1/voices; default: the engine's"
+        None, description="A voice or alias from GET /v1/voices; default: the engine's"
     )
+    speaker: str | None = Field(None, description="(vllm-omni) another name for `voice`")
     response_format: AudioFormat = "mp3"
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
     instructions: str | None = Field(None, description="Only for engines that design voices")
-    stream_format: Literal["audio", "sse"] = Field(
-        "audio", description="audio: the file as chunked bytes; sse: speech.audio.delta events"
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None,
+        description="audio: the file as chunked bytes; sse: speech.audio.delta events; "
+        "default: sse when `stream` is true, else audio",
+    )
+    stream: bool = Field(
+        False,
+        description="(vllm-omni) stream the audio as it is made: as SSE unless stream_format "
+        "is audio; a streamed wav has unknown sizes (0xFFFFFFFF), an unstreamed one is whole",
+    )
+    task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = Field(
+        None, description="(vllm-omni) one the engine lists; default: its first"
     )
     sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = Field(
         None, description="(voxline) output rate; default: the format's (pcm: 24000)"
     )
     language: str = Field("Auto", description="(voxline) a language the engine lists, or Auto")
+
+    @field_validator("sample_rate", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        """24000.0 is the integer JSON Schema says it is (JSON has one number type)."""
+        if type(value) is float and value.is_integer():
+            return int(value)
+        return value
 
 
 # One server-sent event, as OpenAPI 3.1 describes an event stream's items.
@@ -135,6 +161,23 @@ def speech_router(settings: Settings) -> APIRouter:
 async def _speak(request: Request, hub: Hub) -> Response:
     settings = hub.settings
     req = _parse(await _body(request, settings), settings)
+    if not _SPEAKABLE.search(req.input):
+        raise HTTPError(
+            400,
+            "input has nothing to speak (only spaces, punctuation or symbols)",
+            code="invalid_value",
+            param="input",
+        )
+    if req.speaker is not None and req.voice is not None and req.speaker != req.voice:
+        raise HTTPError(
+            400,
+            f"speaker {req.speaker!r} and voice {req.voice!r} name different voices; "
+            "send one of them",
+            code="invalid_value",
+            param="speaker",
+        )
+    voice = req.voice if req.voice is not None else req.speaker
+    sse = req.stream_format == "sse" or (req.stream_format is None and req.stream)
     engine = await _available(hub)
     fmt = req.response_format
     rate = req.sample_rate or (
@@ -158,7 +201,9 @@ async def _speak(request: Request, hub: Hub) -> Response:
         "speed": req.speed,
         "language": req.language,
     }
-    for name in ("voice", "instructions"):
+    if voice is not None:
+        config["voice"] = voice
+    for name in ("instructions", "task_type"):
         if (value := getattr(req, name)) is not None:
             config[name] = value
 
@@ -176,10 +221,16 @@ async def _speak(request: Request, hub: Hub) -> Response:
     except BaseException:
         await _end(sock, task)
         raise
-    encoder = StreamEncoder(fmt, rate)
-    stream = _stream(sock, task, encoder, head, wav=fmt == "wav", rate=rate)
     headers = {"X-Sample-Rate": str(rate), "X-Voxline-Engine": engine.name}
-    if req.stream_format == "sse":
+    if fmt == "wav" and not sse and not req.stream:
+        # One complete file, its sizes right: the response waits for the last sentence.
+        data = await _whole(request, _stream(sock, task, StreamEncoder("pcm", rate), head))
+        if data is None:
+            return Response(status_code=499)  # the client left; its work was cancelled
+        return Response(wav_bytes(data, rate), media_type=MEDIA_TYPES[fmt], headers=headers)
+    # The encoder writes the one header a streamed WAV has (its sizes unknown).
+    stream = _stream(sock, task, StreamEncoder(fmt, rate), head)
+    if sse:
         return StreamingResponse(_sse(stream), media_type=SSE, headers=headers)
     return StreamingResponse(stream, media_type=MEDIA_TYPES[fmt], headers=headers)
 
@@ -237,13 +288,8 @@ async def _stream(
     task: asyncio.Task[None],
     encoder: StreamEncoder,
     head: list[Frame],
-    *,
-    wav: bool,
-    rate: int,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
-        if wav:
-            yield wav_stream_header(rate)
         pending = list(head)
         while True:
             frame = pending.pop(0) if pending else await sock.next()
@@ -266,6 +312,37 @@ async def _stream(
                 yield out
     finally:
         await _end(sock, task)
+
+
+async def _whole(request: Request, stream: AsyncGenerator[bytes, None]) -> bytes | None:
+    """All of `stream`, or None when the client left first (its work is then cancelled, as
+    a streamed response's is when the client leaves)."""
+
+    async def collect() -> bytes:
+        async with contextlib.aclosing(stream) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+
+    collecting = asyncio.ensure_future(collect())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not collecting.done():
+            collecting.cancel()
+        await asyncio.gather(collecting, gone, return_exceptions=True)
+    if collecting.cancelled():
+        return None
+    try:
+        return collecting.result()
+    except ResponseAborted as exc:
+        raise HTTPError(500, str(exc), code="generation_failed") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone (the body was read: only http.disconnect is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _sse(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

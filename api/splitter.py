@@ -45,6 +45,7 @@ Rules for the ambiguous cases:
 - ``granularity="none"`` (vllm-omni's default) never cuts at a sentence end or a paragraph:
   everything buffered goes out as one piece at ``flush`` (``input.done``/``input.flush``).
   The length rule below still applies, so one request cannot hold a worker for minutes.
+- Control characters other than whitespace (NUL, ESC, DEL, C1) are removed as text arrives.
 - A piece longer than ``max_sentence_chars`` is cut as soon as the limit is passed: after the
   last clause mark or dash, else at the last space, else hard at the limit; a clause mark or
   space in the first third of the piece is not used, so a cut never leaves a tiny piece.
@@ -129,6 +130,9 @@ _STOPS_CLAUSE: Final = re.compile(
     )
     + "]"
 )  # fmt: skip
+# Control characters (NUL, ESC, DEL, C1) carry nothing to speak and make engines fail on the
+# sentence later; dropped on arrival. Tab, newline, CR and NEL are whitespace and stay.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
 _STOPS_NONE: Final = re.compile(r"(?!)")  # matches nothing: only the length rule cuts
 
 
@@ -175,6 +179,7 @@ class SentenceSplitter:
 
     def feed(self, text: str) -> list[str]:
         """Add text; return the sentences whose end is now certain, in order."""
+        text = _CONTROL.sub("", text)
         if not text:
             return []
         self._append(self._clean(text, eof=False))

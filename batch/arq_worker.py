@@ -17,6 +17,7 @@ import arq.worker
 from arq import cron, func
 from arq.worker import Worker
 
+from batch.callbacks import parse_allow
 from batch.connections import SYNTHESIZE_BATCH, arq_pool
 from batch.coordinator import Coordinator
 from batch.housekeeping import CRON_TASKS
@@ -37,6 +38,41 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 }
 # A batch job dies with its arq process this many times before arq gives up on it.
 MAX_TRIES = 25
+CRON_NAMES = frozenset(f"voxline:{name}" for name in CRON_TASKS)
+
+
+class QuietCron(logging.Filter):
+    """arq logs every job's start (`→`) and end (`←`) at INFO, and, hourly, "recording health":
+    with publish_stats every 10 s an idle server would log six lines a minute. This filter on
+    the `arq.worker` logger re-levels those lines of voxline's own cron jobs to DEBUG (dropped
+    unless the logger is enabled for DEBUG); batch jobs' lines and every warning and error,
+    a cron's failure included, stay as arq logs them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not self._ours(record):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+    @staticmethod
+    def _ours(record: logging.LogRecord) -> bool:
+        if record.msg == "recording health: %s":
+            return True
+        # '%6.2fs → %s(%s)%s', '%6.2fs ← %s ● %s', '%6.2fs ↻ %s …': a cron's ref is its name.
+        args = record.args
+        return isinstance(args, tuple) and len(args) >= 2 and args[1] in CRON_NAMES
+
+
+_QUIET_CRON = QuietCron()
+
+
+def quiet_cron_logs() -> None:
+    """Idempotent; a logger's filters survive logging.config.dictConfig."""
+    logger = logging.getLogger("arq.worker")
+    if _QUIET_CRON not in logger.filters:
+        logger.addFilter(_QUIET_CRON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +103,10 @@ def _cron_job(name: str) -> Any:
 
 
 def make_worker(settings: Settings, *, burst: bool = False, poll_delay: float = 0.5) -> Worker:
+    parse_allow(settings.callback_allow)  # a bad VOXLINE_CALLBACK_ALLOW fails at start-up
     keys = Keys(settings.key_prefix, settings.job_shards)
     pool = arq_pool(settings)
+    quiet_cron_logs()
     if is_memory(settings.arq_redis_url or settings.redis_url):
         # arq logs the server's INFO at start, which the in-memory Redis does not answer.
         arq.worker.log_redis_info = _server_info  # type: ignore[attr-defined]

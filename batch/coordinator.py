@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 
 from arq.connections import ArqRedis
@@ -28,6 +27,7 @@ from arq.constants import in_progress_key_prefix
 
 from api.queue import JobQueue
 from api.splitter import SentenceSplitter
+from batch import callbacks
 from batch.results import Results, ResultTooLarge
 from shared.audio.codecs import encode_file
 from shared.batches import FINAL, Batches, BatchState, BatchStatus
@@ -41,6 +41,8 @@ log = logging.getLogger("voxline.batch")
 # Audio read back per round trip when the file is assembled.
 _READ_BATCH = 64
 _CALLBACK_TRIES = 3
+# Seconds before the second try of a callback, doubled for each later one.
+_CALLBACK_BACKOFF = 1.0
 
 
 class Coordinator:
@@ -68,6 +70,7 @@ class Coordinator:
         self._stream = keys.shard_of(self.session).batch
         # Queued sentences are checked for a lost entry when nothing happened for this long.
         self._check_every = max(2 * settings.claim_idle, 1.0)
+        self._callback_allow = callbacks.parse_allow(settings.callback_allow)
 
     async def run(self) -> str:
         """Carry the job to a final status (or find it there); returns that status."""
@@ -289,22 +292,35 @@ class Coordinator:
         return True
 
     async def _call_back(self, url: str) -> None:
-        """POST the job's final state to its callback URL; failures are recorded on the job
-        (the result stays fetchable), never retried for ever."""
+        """POST the job's final state to its callback URL (batch/callbacks.py: public
+        addresses or `callback_allow` only, no redirects); a failure is recorded on the job
+        in a fixed wording (the result stays fetchable), never retried for ever. Logs name
+        the URL with its credentials redacted."""
         final = await self.batches.get(self.id)
         if final is None:
             return
         body = json.dumps(final.public()).encode()
-        error = ""
+        shown = callbacks.redact_url(url)
+        outcome = callbacks.Outcome()
         for attempt in range(_CALLBACK_TRIES):
+            if attempt:
+                await asyncio.sleep(_CALLBACK_BACKOFF * 2 ** (attempt - 1))
             try:
-                await asyncio.to_thread(_post_json, url, body)
+                outcome = await asyncio.to_thread(
+                    callbacks.deliver, url, body, self._callback_allow
+                )
+            except Exception as exc:  # a bug here must not fail the finished job
+                log.exception("batch %s: callback to %s raised", self.id, shown)
+                outcome = callbacks.Outcome(callbacks.UNREACHABLE, type(exc).__name__)
+            if outcome.delivered:
+                log.info("batch %s: callback to %s delivered", self.id, shown)
                 return
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning("batch %s: callback to %s failed (%s)", self.id, url, error)
-                await asyncio.sleep(2**attempt)
-        await self.batches.set_fields(self.id, callback_error=error)
+            log.warning(
+                "batch %s: callback to %s: %s (%s)", self.id, shown, outcome.error, outcome.detail
+            )
+            if not outcome.retry:
+                break
+        await self.batches.set_fields(self.id, callback_error=outcome.error)
 
     @contextlib.asynccontextmanager
     async def _holding_arq_job(self) -> AsyncIterator[None]:
@@ -330,11 +346,3 @@ class Coordinator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _post_json(url: str, body: bytes) -> None:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http/https only)
-        response.read()

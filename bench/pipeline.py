@@ -138,7 +138,7 @@ def start_stack(
 ) -> Stack:
     """A scenario's own Redis (or a key prefix of its own on --redis-url), API and workers."""
     (logs / scenario).mkdir()
-    settings = {"max_sessions": "5000"}
+    settings = {"max_sessions": "5000", "max_sessions_per_client": "0"}  # one host, many sessions
     if redis_url:
         settings["key_prefix"] = f"bench-{uuid.uuid4().hex[:8]}"
     stack = Stack(

@@ -41,7 +41,12 @@ class BatchRequest:
     sample_rate: int
     speed: float = 1.0
     language: str = "Auto"
+    # The URL as given, for the delivery only (dropped when the job ends), and as shown in the
+    # job's status and logs, credentials redacted (batch/callbacks.py).
     callback_url: str = ""
+    callback_redacted: str = ""
+    # The label of the API key that created the job ("" with keys off): only it sees the job.
+    owner: str = ""
 
 
 def new_batch_id() -> str:
@@ -84,6 +89,8 @@ class BatchState:
         if self.status is BatchStatus.DONE:
             out["audio_bytes"] = self.bytes
             out["duration"] = round(self.duration, 3)
+        if self.request.callback_redacted:
+            out["callback_url"] = self.request.callback_redacted
         if self.callback_error:
             out["callback_error"] = self.callback_error
         return out
@@ -104,6 +111,8 @@ def parse_state(batch_id: str, raw: dict[bytes, bytes]) -> BatchState | None:
         speed=float(raw.get(b"speed", b"1")),
         language=_text(raw.get(b"language")) or "Auto",
         callback_url=_text(raw.get(b"callback_url")),
+        callback_redacted=_text(raw.get(b"callback_redacted")),
+        owner=_text(raw.get(b"owner")),
     )
     return BatchState(
         id=batch_id,
@@ -172,7 +181,9 @@ class Batches:
             if current is None or current in FINAL:
                 return False
             pipe.hset(key, mapping=mapping)
-            pipe.hdel(key, "text")  # the request's text is not needed any more
+            # The request's text is not needed any more, nor the callback URL with whatever
+            # credentials it holds (the coordinator calls back with the one it read).
+            pipe.hdel(key, "text", "callback_url")
             pipe.expire(key, self._result_ttl)
             pipe.delete(*self.working_keys(batch_id))
             return True

@@ -18,6 +18,11 @@ class Settings:
     idle_timeout: float = 120.0
     max_message_bytes: int = 128 * 1024
     max_buffer_chars: int = 100_000
+    # A session.config may carry a base64 ref_audio clip (vllm-omni allows 4 MiB).
+    max_config_bytes: int = 4 * 1024 * 1024
+    # Text one connection makes the server hold: the splitter's buffer plus sentences not yet
+    # on the streams. Past it, text_too_large for that piece (memory a client can pin).
+    max_pending_chars: int = 100_000
     max_sentence_chars: int = 300
     # Admission control: sessions one front-end process accepts at once.
     max_sessions: int = 1000
@@ -61,8 +66,17 @@ class Settings:
     api_keys: str = ""
     # Comma-separated origins a browser WebSocket may come from; empty = any.
     allowed_origins: str = ""
+    # Voice aliases merged over OpenAI's names (shared/voice_aliases.py): comma-separated
+    # name=voice pairs, e.g. "alloy=en-us,Vivian=en"; empty = the built-in table only.
+    voice_aliases: str = ""
     # Sessions one API key may hold open on one front-end process; 0 = no per-key limit.
     max_sessions_per_key: int = 0
+    # Without API keys: sessions one client address may hold open on one front-end process,
+    # so that one client cannot take every max_sessions slot; 0 = no per-client limit.
+    max_sessions_per_client: int = 32
+    # Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For names the
+    # client (for max_sessions_per_client); empty = the peer address is the client.
+    trusted_proxies: str = ""
     # `voxline worker` serves its Prometheus metrics on this port (all interfaces); 0 = off.
     # Front ends serve theirs on GET /metrics.
     metrics_port: int = 0
@@ -87,6 +101,9 @@ class Settings:
     batch_timeout: float = 6 * 3600.0
     # A coordinator silent for this long (its arq process died) has its job run again.
     batch_heartbeat: float = 10.0
+    # Comma-separated CIDRs a batch callback may reach although they are not public
+    # (loopback, private, link-local…; batch/callbacks.py); empty = public addresses only.
+    callback_allow: str = ""
     # Housekeeping: real-time stream entries older than this are trimmed (their sentences
     # failed on the front end's queue_timeout long ago).
     stream_max_age: float = 600.0

@@ -15,6 +15,9 @@ from shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
 from shared.capabilities import EngineInfo
 
 PATH = "/v1/audio/speech/stream"
+# The WebSocket subprotocol a client offers to get voxline's extension messages
+# (session.ready, warning, audio.words); without it only vllm-omni's message types are sent.
+EXTENSIONS = "voxline.v1"
 
 
 class ErrorCode(enum.StrEnum):
@@ -70,17 +73,22 @@ CLIENT_TYPES = frozenset(
     {"session.config", "input.text", "input.flush", "input.cancel", "input.done", "session.close"}
 )
 
-# Accepted for vllm-omni compatibility; valid only where the engine says it honours them.
-COMPAT_FIELDS = (
-    "model",
-    "task_type",
+# vllm-omni's session.config fields beyond the core ones. Two kinds, by what the listener hears:
+# a field that picks *whose voice* speaks is refused when the engine cannot honour it; a
+# generation hint the engine cannot honour is accepted and answered with a `warning`.
+VOICE_FIELDS = ("ref_audio", "speaker_embedding")
+HINT_FIELDS = (
     "instructions",
     "max_new_tokens",
     "initial_codec_chunk_frames",
-    "ref_audio",
     "ref_text",
     "x_vector_only_mode",
+    "seed",
+    "non_streaming_mode",
 )
+COMPAT_FIELDS = ("model", "task_type", *VOICE_FIELDS, *HINT_FIELDS)
+# Streamed PCM comes at vllm-omni's (and OpenAI's) 24 kHz unless the client names a rate.
+PCM_RATE = 24000
 # Formats whose audio.start..audio.done frames can be cut anywhere and still play: every one
 # but wav (a WAV header mid-stream plays as a pop). Compressed formats stream as one
 # continuous Ogg/MP3/ADTS/FLAC stream per connection, encoded by the front end.
@@ -116,25 +124,33 @@ class SessionConfig(BaseModel):
     sample_rate: Annotated[int, Field(ge=8000, le=48000)] | None = None
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
     language: str = "Auto"
-    split_granularity: Literal["sentence", "clause"] = "sentence"
+    split_granularity: Literal["none", "sentence", "clause"] = "sentence"
     word_timestamps: bool = False
     model: str | None = None
     task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = None
     instructions: str | None = None
     # Bounded so that every accepted value fits the job's msgpack encoding (int64).
     max_new_tokens: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
-    initial_codec_chunk_frames: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
+    initial_codec_chunk_frames: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
     ref_audio: str | None = None
     ref_text: str | None = None
     x_vector_only_mode: bool | None = None
+    seed: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
+    non_streaming_mode: bool | None = None
+    speaker_embedding: Annotated[list[float], Field(min_length=1, max_length=8192)] | None = None
 
-    def extra_fields(self) -> dict[str, Any]:
-        """The compatibility fields the client set (passed through to the engine)."""
+    def extra_fields(self, honoured: tuple[str, ...]) -> dict[str, Any]:
+        """The compatibility fields the client set that the engine honours (passed through
+        to it); the others were refused or warned about at configuration."""
         return {
             name: getattr(self, name)
             for name in COMPAT_FIELDS
-            if name not in ("model", "task_type") and getattr(self, name) is not None
+            if name in honoured and getattr(self, name) is not None
         }
+
+    def ignored_hints(self, honoured: tuple[str, ...]) -> list[str]:
+        """Generation hints set that the engine cannot honour: accepted, but worth a warning."""
+        return [n for n in HINT_FIELDS if getattr(self, n) is not None and n not in honoured]
 
 
 def _invalid_config(field: str, message: str) -> ProtocolError:
@@ -147,13 +163,22 @@ def _invalid_config(field: str, message: str) -> ProtocolError:
 
 
 def parse_config(data: dict[str, Any], engine: EngineInfo) -> SessionConfig:
-    """Validate a `session.config` message against the contract and the engine pool."""
+    """Validate a `session.config` message against the contract and the engine pool.
+
+    As vllm-omni does, `null` means "the default" for every field and `speaker` is another
+    name for `voice`; unlike it, a field neither knows is refused (a typo must not pass)."""
     body = {k: v for k, v in data.items() if k != "type"}
     for name, value in body.items():
         if not _is_text(name):
             raise _invalid_config(_shown(name), "unknown field")
         if isinstance(value, str) and not _is_text(value):
             raise _invalid_config(name, "not valid Unicode (a lone surrogate)")
+    body = {k: v for k, v in body.items() if v is not None}
+    if "speaker" in body:
+        speaker = body.pop("speaker")
+        if "voice" in body and body["voice"] != speaker:
+            raise _invalid_config("speaker", "names another voice than voice; send one of them")
+        body["voice"] = speaker
     try:
         config = SessionConfig.model_validate(body)
     except ValidationError as exc:
@@ -167,18 +192,24 @@ def parse_config(data: dict[str, Any], engine: EngineInfo) -> SessionConfig:
     ):
         raise _invalid_config("sample_rate", problem)
     check_engine(config, engine)
+    if config.voice is not None and (voice := engine.resolve_voice(config.voice)) is not None:
+        config = config.model_copy(update={"voice": voice})
     return config
 
 
 def output_rate(config: SessionConfig, engine: EngineInfo) -> int:
     """The rate the client gets: as asked, else the format's default for this engine
-    (8 kHz for G.711, an Opus rate for opus, the engine's own otherwise)."""
-    return config.sample_rate or default_rate(config.response_format, engine.sample_rate)
+    (24 kHz for PCM, 8 kHz for G.711, an Opus rate for opus, the engine's own otherwise)."""
+    if config.sample_rate:
+        return config.sample_rate
+    if config.response_format == "pcm":
+        return PCM_RATE
+    return default_rate(config.response_format, engine.sample_rate)
 
 
 def check_engine(config: SessionConfig, engine: EngineInfo) -> None:
     """Refuse what the engine cannot honour, naming the field: never ignore it silently."""
-    if config.voice is not None and config.voice not in engine.voices:
+    if config.voice is not None and engine.resolve_voice(config.voice) is None:
         shown = ", ".join(engine.voices[:20]) + (", ..." if len(engine.voices) > 20 else "")
         raise _invalid_config(
             "voice", f"unknown voice {config.voice!r} for engine {engine.name} ({shown})"
@@ -205,9 +236,11 @@ def check_engine(config: SessionConfig, engine: EngineInfo) -> None:
         raise _invalid_config(
             "task_type", f"engine {engine.name} supports {list(engine.task_types)}"
         )
-    for name in config.extra_fields():
-        if name not in engine.extra_fields:
-            raise _invalid_config(name, f"engine {engine.name} cannot honour this field")
+    for name in VOICE_FIELDS:
+        if getattr(config, name) is not None and name not in engine.extra_fields:
+            raise _invalid_config(
+                name, f"engine {engine.name} cannot honour this field (it would change the voice)"
+            )
     if config.task_type == "Base" and config.ref_audio is None:
         raise _invalid_config("ref_audio", "task_type Base clones a voice: ref_audio is required")
 
@@ -276,7 +309,16 @@ def audio_start(
         "sentence_text": text,
         "format": fmt,
         "sample_rate": sample_rate,
+        "channels": 1,
     }
+
+
+def warning(code: str, message: str, *, field: str | None = None) -> dict[str, Any]:
+    """Something accepted but not done as asked (an extension: opted-in clients only)."""
+    msg: dict[str, Any] = {"type": "warning", "code": code, "message": message}
+    if field is not None:
+        msg["field"] = field
+    return msg
 
 
 def audio_done(

@@ -18,7 +18,7 @@ from api.server import WS_OPTIONS, Server
 from shared.channels import is_cluster
 from shared.config import Settings
 from shared.keys import JOBS_GROUP, Keys
-from shared.protocol import PATH
+from shared.protocol import EXTENSIONS, PATH
 from worker.consumer import Worker
 from worker.engines import load_engine
 
@@ -141,9 +141,17 @@ class Client:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, pipeline: Pipeline, config: dict[str, Any] | None = None, *, ready: bool = True
+        cls,
+        pipeline: Pipeline,
+        config: dict[str, Any] | None = None,
+        *,
+        ready: bool = True,
+        extensions: bool = True,
     ) -> AsyncIterator[Client]:
-        async with websockets.connect(pipeline.ws_url, max_size=None) as ws:
+        """`extensions`: offer voxline's subprotocol (session.ready, warning); without it the
+        server talks to the client as vllm-omni would, and `ready` must be False."""
+        offered = [EXTENSIONS] if extensions else None
+        async with websockets.connect(pipeline.ws_url, max_size=None, subprotocols=offered) as ws:
             client = cls(ws)
             if config is not None:
                 await client.send("session.config", **config)

@@ -157,7 +157,9 @@ async def _first_audio_latencies(stack: Stack, sessions: int, utterances: int) -
     async def one(n: int) -> list[float]:
         config = {"type": "session.config", "response_format": "pcm", "stream_audio": True}
         out = []
-        async with websockets.connect(stack.ws_url, max_size=None) as ws:
+        async with websockets.connect(
+            stack.ws_url, max_size=None, subprotocols=["voxline.v1"]
+        ) as ws:
             await ws.send(_json(config))
             assert "session.ready" in await ws.recv()
             for u in range(utterances):

@@ -23,6 +23,27 @@ def test_ci_runs_the_readmes_test_command() -> None:
     assert "voxline serve" in setup and "pytest" in test
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == test.strip()
+    # A fresh machine or container has no package lists: an install alone would fail.
+    assert "apt-get update && apt-get install" in test
+
+
+def test_the_batch_example_reads_a_file_of_the_checkout() -> None:
+    lines = [line for block in _blocks("bash") for line in block.splitlines()]
+    (line,) = [line for line in lines if "voxline batch " in line]
+    path = ROOT / line.split("voxline batch ")[1].split()[0]
+    assert path.is_file() and len(path.read_text().split()) > 100, path
+
+
+def test_commands_run_the_virtual_environments_programs() -> None:
+    """One command style: `.venv/bin/voxline`, `.venv/bin/pip`, `.venv/bin/python` (bare
+    `voxline`, `pip` or `python` would need an activated venv the README never makes)."""
+    bare = re.compile(r"(?:^|[\s(&|;])(voxline|pip|python) ")
+    commands = [line for block in _blocks("bash") for line in block.splitlines()]
+    # Inline code that is a command line (`pip install -e …`), not a command's name in prose
+    # (`voxline serve`).
+    commands += [c for c in re.findall(r"`([^`\n]+)`", README) if len(c.split()) >= 3]
+    offenders = [c for c in commands if bare.search(c.split("#")[0])]
+    assert offenders == [], offenders
 
 
 async def test_the_sdk_example_speaks(

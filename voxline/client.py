@@ -34,7 +34,7 @@ from typing import Any
 
 import websockets
 
-from shared.protocol import PATH
+from shared.protocol import EXTENSIONS, PATH
 from voxline.events import (
     TERMINAL,
     Audio,
@@ -131,6 +131,8 @@ class Client:
 
     def __init__(self, ws: websockets.ClientConnection, ready: dict[str, Any]) -> None:
         self.ready = ready  # the session.ready message
+        # The server's `warning` messages (a config hint the engine ignores), as they came.
+        self.warnings: list[dict[str, Any]] = []
         self.session_id: str = ready.get("session_id", "")
         self.sample_rate: int = int(ready.get("sample_rate", 0))
         self.format: str = ready.get("format", "")
@@ -351,6 +353,10 @@ class Client:
         if kind == "error" and "sentence_index" not in message:
             self._on_error(message)
             return
+        if kind == "warning":
+            self.warnings.append(message)
+            log.warning("voxline server: %s", message.get("message"))
+            return
         if kind not in _UTTERANCE_MESSAGES:
             log.debug("voxline client: ignored %s", kind)
             return
@@ -479,7 +485,12 @@ class connect:  # noqa: N801 (used like a function, as websockets.connect is)
 
     async def _open(self) -> Client:
         async with asyncio.timeout(self.open_timeout):
-            ws = await websockets.connect(self.url, max_size=None, additional_headers=self.headers)
+            ws = await websockets.connect(
+                self.url,
+                max_size=None,
+                additional_headers=self.headers,
+                subprotocols=[EXTENSIONS],
+            )
             try:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     # A server refusing the connection (a bad key) may have closed it already;

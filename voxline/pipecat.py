@@ -1,10 +1,12 @@
-"""Pipecat adapter: a `TTSService` that speaks through a voxline server.
+"""Pipecat adapter: a `WebsocketTTSService` that speaks through a voxline server.
 
     pip install 'voxline[pipecat]'
 
     from voxline.pipecat import VoxlineTTSService
     tts = VoxlineTTSService(url="ws://127.0.0.1:8000", api_key=..., voice="en")
     pipeline = Pipeline([..., llm, tts, transport.output(), ...])
+
+A runnable bot is examples/pipecat_bot.py.
 
 One voxline WebSocket per service (so per pipeline), opened at start and reused for every
 turn: a turn (pipecat's audio context) is one voxline utterance. Each text chunk pipecat
@@ -13,12 +15,30 @@ since the sentence is then known to be whole), the end of the turn as `input.don
 interruption as `input.cancel`. Audio comes back as PCM at the pipeline's output rate (the
 server resamples), `audio.words` become pipecat word timestamps (TTSTextFrames timed with
 the audio), and TTFB is stopped on the first audio byte of each utterance.
+
+The connection is pipecat's: the service is a `WebsocketTTSService`, so the socket is opened
+with `WebsocketService._websocket_connect` (pipecat's bounded send and close timeouts) and
+kept in `self._websocket`, where the base class pings it to verify a reconnection. The
+protocol on it is voxline.client's: a `Client` wraps that socket and does the routing that is
+easy to get wrong (each message to its utterance, the races of a cancel with the end of an
+utterance), so only the handshake (`session.config`, then `session.ready`, offering the
+`voxline.v1` subprotocol as `voxline.client.connect` does) is done here. The receive loop
+(`_receive_messages`) relays each utterance's events to its audio context and returns or
+raises when the connection ends, so that pipecat's receive task reconnects with exponential
+backoff (a server restart, an expired session); text that arrives while no connection is up
+connects at once rather than wait out the backoff.
+
+Languages: pipecat's `Language` values are lowercased ("en-US" -> "en-us", espeak's form),
+and on connecting the service asks for that language, then for its base language ("en") if
+the engine refuses the first (the server names the field it refuses); `engine_language` is
+the one in use. A plain string the engine lists ("en-gb-x-rp", "English") goes as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -27,7 +47,6 @@ from typing import Any
 
 try:
     from pipecat.frames.frames import (
-        CancelFrame,
         EndFrame,
         ErrorFrame,
         Frame,
@@ -36,12 +55,18 @@ try:
         TTSStoppedFrame,
     )
     from pipecat.services.settings import TTSSettings
-    from pipecat.services.tts_service import TTSService
+    from pipecat.services.tts_service import WebsocketTTSService
+    from pipecat.transcriptions.language import Language
+    from pipecat.utils.errors import ErrorCategory
+    from pipecat.utils.tracing.service_decorators import traced_tts
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "voxline.pipecat needs pipecat-ai: install the extra with pip install 'voxline[pipecat]'"
     ) from exc
 
+import websockets
+
+from shared.protocol import EXTENSIONS
 from voxline.client import (
     Audio,
     AudioStart,
@@ -57,7 +82,27 @@ from voxline.client import (
     connect,
 )
 
+__all__ = ["VoxlineTTSService", "language_candidates"]
+
 log = logging.getLogger("voxline.pipecat")
+
+
+def language_candidates(language: str) -> list[str]:
+    """The engine languages to try for `language`, best first: as given, lowercased, then
+    its base language ("en-US" -> "en-US", "en-us", "en")."""
+    lowered = language.lower()
+    base = lowered.split("-")[0]
+    return list(dict.fromkeys([language, lowered, base]))
+
+
+_CATEGORIES = {
+    "unauthorized": ErrorCategory.AUTHENTICATION,
+    "forbidden_origin": ErrorCategory.AUTHORIZATION,
+    "invalid_config": ErrorCategory.INVALID_REQUEST,
+    "too_many_sessions": ErrorCategory.RATE_LIMIT,
+    "overloaded": ErrorCategory.SERVER,
+    "internal": ErrorCategory.SERVER,
+}
 
 
 @dataclass
@@ -70,8 +115,11 @@ class _Turn:
     sentence_at: float = 0.0  # seconds from the turn's first sample to the sentence's
 
 
-class VoxlineTTSService(TTSService):
+class VoxlineTTSService(WebsocketTTSService):
     """Text-to-speech through a voxline server's `/v1/audio/speech/stream` WebSocket."""
+
+    Settings = TTSSettings
+    _settings: TTSSettings
 
     def __init__(
         self,
@@ -79,6 +127,7 @@ class VoxlineTTSService(TTSService):
         url: str = "ws://127.0.0.1:8000",
         api_key: str | None = None,
         voice: str | None = None,
+        language: Language | str | None = None,
         word_timestamps: bool = True,
         sample_rate: int | None = None,
         config: dict[str, Any] | None = None,
@@ -89,15 +138,18 @@ class VoxlineTTSService(TTSService):
         url: the voxline server (`ws://host:port`) or its full endpoint URL.
         api_key: sent as `Authorization: Bearer` (servers with VOXLINE_API_KEYS set).
         voice: a voice of the server's engine (default: the engine's default voice).
+        language: a pipecat `Language` (Language.EN_US) or a language the engine lists
+            (default: the engine's own choice, "Auto").
         word_timestamps: ask for `audio.words` and push word-timed TTSTextFrames; False for
             an engine that cannot time words (the server refuses the config otherwise).
         sample_rate: output rate (default: the pipeline's audio_out_sample_rate).
         config: more `session.config` fields (`speed`, `split_granularity`...).
-        settings: pipecat's runtime settings (`voice`; `language`: a language the engine
-            lists); a change of either opens a new connection.
-        **kwargs: passed to pipecat's TTSService (`text_aggregation_mode`, ...).
+        settings: pipecat's runtime settings (`voice`, `language`; they win over the
+            arguments); a change of either opens a new connection.
+        **kwargs: passed to pipecat's WebsocketTTSService (`text_aggregation_mode`,
+            `reconnect_on_error`, `reconnect_backoff_min_wait`, ...).
         """
-        store = TTSSettings(model=None, voice=voice, language=None)
+        store = TTSSettings(model=None, voice=voice, language=language)
         if settings is not None:
             store.apply_update(settings)
         super().__init__(
@@ -113,20 +165,31 @@ class VoxlineTTSService(TTSService):
         self._word_timestamps = word_timestamps
         self._config = dict(config or {})
         self._client: Client | None = None
-        self._relay: asyncio.Task[None] | None = None
+        self._receive_task: asyncio.Task[None] | None = None
+        self._connecting = asyncio.Lock()  # one connection attempt at a time
         self._turns: deque[_Turn] = deque()  # in flight, oldest first
         self._relay_queue: asyncio.Queue[_Turn] = asyncio.Queue()  # the relay's next turns
         self._open: _Turn | None = None  # the turn whose utterance takes text
         self.session: dict[str, Any] | None = None  # session.ready of the current connection
+        self.engine_language: str | None = None  # the language the engine accepted
         self._ending = False  # stop() ran: no new connection for text that comes after
 
     def can_generate_metrics(self) -> bool:
         return True
 
-    @property
-    def supports_processing_metrics(self) -> bool:
-        # run_tts only sends: the audio arrives on the relay task (TTFB measures it).
-        return False
+    def _classify_error(self, exception: Exception) -> ErrorCategory | None:
+        # A refused key or config is refused again on every reconnection: pipecat then stops
+        # retrying (permanent); an unreachable server is worth retrying.
+        if isinstance(exception, VoxlineError):
+            return _CATEGORIES.get(exception.code)
+        if isinstance(exception, (OSError, TimeoutError, websockets.InvalidHandshake)):
+            return ErrorCategory.CONNECTIVITY
+        return None
+
+    def language_to_service_language(self, language: Language) -> str | None:
+        # Lowercased, as espeak and most engines list them; the base language is tried on
+        # connecting if the engine lacks this one.
+        return str(language.value).lower()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -135,95 +198,183 @@ class VoxlineTTSService(TTSService):
         await self._connect()
 
     async def stop(self, frame: EndFrame) -> None:
-        # The pipeline ends: the open turn's last words play before the contexts drain.
+        # The pipeline ends: the open turn's last words play before the contexts drain (the
+        # base class then waits for them and disconnects).
         await self.flush_audio()
         self._ending = True
         await super().stop(frame)
-        await self._disconnect()
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        await super().cancel(frame)
-        await self._disconnect()
-
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        await self._disconnect()
 
     async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
         changed = await super()._update_settings(delta)
+        if "language" in changed:
+            self.engine_language = None
         if changed.keys() & {"voice", "language"} and self._client is not None:
             # A voice is fixed per connection's config: the next turn uses a new one.
             await self._disconnect()
             await self._connect()
         return changed
 
-    async def _connect(self) -> Client | None:
-        config = dict(self._config)
-        if isinstance(self._settings.language, str) and "language" not in config:
-            config["language"] = self._settings.language
+    async def _connect(self) -> None:
+        await super()._connect()
         try:
-            client = await connect(
-                self._url,
-                api_key=self._api_key,
-                voice=self._settings.voice or None,
-                response_format="pcm",
-                sample_rate=self.sample_rate,
-                word_timestamps=self._word_timestamps,
-                **config,
+            await self._connect_websocket()
+        except (VoxlineError, OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            await self.push_error(
+                error_msg=f"voxline: cannot connect to {self._url}: {exc}", exception=exc
             )
-        except (VoxlineError, OSError) as exc:
-            await self.push_error(error_msg=f"voxline: cannot connect to {self._url}: {exc}")
             await self._call_event_handler("on_connection_error", str(exc))
-            return None
-        self._client, self.session = client, client.ready
-        self._turns.clear()
-        self._open = None
-        self._relay_queue = asyncio.Queue()
-        self._relay = self.create_task(self._relay_loop(self._relay_queue), name="voxline-relay")
-        await self._call_event_handler("on_connected")
-        return client
+            return
+        if self._receive_task is None or self._receive_task.done():
+            self._receive_task = self.create_task(
+                self._receive_task_handler(self._report_error), name="voxline-receive"
+            )
 
     async def _disconnect(self) -> None:
-        client, self._client = self._client, None
-        if self._relay is not None:
-            await self.cancel_task(self._relay)
-            self._relay = None
+        await super()._disconnect()  # no reconnecting from here on; the contexts end
+        if self._receive_task is not None:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._disconnect_websocket()
+
+    def _is_connected(self) -> bool:
+        return self._client is not None and not self._client.closed
+
+    async def _connect_websocket(self) -> None:
+        """Open a configured connection, unless one is open; raises if the server cannot be
+        reached or refuses the config."""
+        async with self._connecting:
+            if not self._is_connected():
+                await self._open_connection()
+
+    async def _reconnect_websocket(self, attempt_number: int) -> bool:
+        async with self._connecting:
+            if self._is_connected():
+                return True  # text arriving meanwhile connected already
+            log.warning("voxline: reconnecting to %s (attempt %d)", self._url, attempt_number)
+            await self._close_connection_contexts()
+            await self._open_connection()
+        return await self._verify_connection()
+
+    async def _open_connection(self) -> None:
+        await self._close_client()
+        *others, last = [self.engine_language] if self.engine_language else self._languages()
+        for language in others:
+            try:
+                client, ws = await self._handshake(language)
+                break
+            except VoxlineError as exc:
+                # The engine lacks this form of the language: the next one is tried.
+                if exc.field != "language":
+                    raise
+        else:
+            language = last
+            client, ws = await self._handshake(language)
+        self.engine_language = language
+        self._client, self._websocket, self.session = client, ws, client.ready
+        self._relay_queue = asyncio.Queue()
+        await self._call_event_handler("on_connected")
+
+    def _languages(self) -> list[str | None]:
+        if "language" in self._config:
+            return [self._config["language"]]
+        language = self._settings.language
+        if isinstance(language, str) and language:
+            return list(language_candidates(language))
+        return [None]
+
+    async def _handshake(self, language: str | None) -> tuple[Client, Any]:
+        config = dict(self._config)
+        if language is not None:
+            config["language"] = language
+        opener = connect(
+            self._url,
+            api_key=self._api_key,
+            voice=self._settings.voice or None,
+            response_format="pcm",
+            sample_rate=self.sample_rate,
+            word_timestamps=self._word_timestamps,
+            **config,
+        )
+        async with asyncio.timeout(opener.open_timeout):
+            ws = await self._websocket_connect(
+                opener.url,
+                max_size=None,
+                additional_headers=opener.headers,
+                subprotocols=[EXTENSIONS],
+            )
+            try:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    # A server refusing the connection (a bad key) may have closed it already;
+                    # its error message is still read below.
+                    await ws.send(json.dumps(opener.config))
+                ready = await _ready(ws)
+            except BaseException:
+                await ws.close()
+                raise
+        return Client(ws, ready), ws
+
+    async def _disconnect_websocket(self) -> None:
+        await self.stop_all_metrics()
+        await self._close_client()
+
+    async def _close_client(self, keep: str | None = None) -> None:
+        """Close the connection (if any) and end the audio contexts of its turns but `keep`,
+        whose text goes on on the next connection."""
+        client, self._client, self._websocket = self._client, None, None
+        for context_id in dict.fromkeys(t.context_id for t in self._turns):
+            if context_id != keep:
+                await self._end_context(context_id)
+        self._turns.clear()
+        self._open = None
         if client is not None:
             await client.aclose()
             await self._call_event_handler("on_disconnected")
-        self._turns.clear()
-        self._open = None
+
+    async def _ensure_connected(self, context_id: str) -> Client | None:
+        if self._is_connected():
+            return self._client
+        # The connection dropped (a server restart, an idle or expired session): connect now
+        # rather than wait out the receive task's backoff, which this replaces.
+        if self._receive_task is not None:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._close_client(keep=context_id)
+        await self._connect()
+        return self._client if self._is_connected() else None
 
     # --- text out ----------------------------------------------------------------------------
 
+    @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        client = self._client
         if self._ending:
             log.debug("voxline: not speaking %r: the pipeline is ending", text)
             return
-        if client is None or client.closed:
-            await self._disconnect()
-            client = await self._connect()  # the server restarted or closed an idle one
-        if client is None:
-            yield ErrorFrame(error=f"voxline: not connected to {self._url}")
-            return
-        try:
-            if self._open is not None and self._open.context_id != context_id:
-                await self._end_open_turn(client)
-            utterance = await client.send(text)
-            if not self._is_streaming_tokens:
-                await client.flush()  # pipecat cut a whole sentence: no need to wait for more
-            if utterance is not None and (
-                self._open is None or self._open.utterance is not utterance
-            ):
-                self._open = _Turn(utterance, context_id)
-                self._turns.append(self._open)
-                self._relay_queue.put_nowait(self._open)
-            await self.start_tts_usage_metrics(text)
-        except VoxlineError as exc:
-            yield ErrorFrame(error=f"voxline: {exc}")
-            return
-        yield None  # the audio arrives on the relay task
+        for retry in (False, True):
+            client = await self._ensure_connected(context_id)
+            if client is None:
+                yield ErrorFrame(error=f"voxline: not connected to {self._url}")
+                return
+            try:
+                await self._send_text(client, text, context_id)
+                break
+            except VoxlineError as exc:
+                if retry or not client.closed:
+                    yield ErrorFrame(error=f"voxline: {exc}")
+                    return
+                # The connection died under this text: it goes on a new one.
+        await self.start_tts_usage_metrics(text)
+        yield None  # the audio arrives on the receive task
+
+    async def _send_text(self, client: Client, text: str, context_id: str) -> None:
+        if self._open is not None and self._open.context_id != context_id:
+            await self._end_open_turn(client)
+        utterance = await client.send(text)
+        if not self._is_streaming_tokens:
+            await client.flush()  # pipecat cut a whole sentence: no need to wait for more
+        if utterance is not None and (self._open is None or self._open.utterance is not utterance):
+            self._open = _Turn(utterance, context_id)
+            self._turns.append(self._open)
+            self._relay_queue.put_nowait(self._open)
 
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The turn ends: its utterance is ended (`input.done`), its last sentence queued."""
@@ -262,26 +413,42 @@ class VoxlineTTSService(TTSService):
 
     # --- audio in ----------------------------------------------------------------------------
 
-    async def _relay_loop(self, turns: asyncio.Queue[_Turn]) -> None:
+    async def _receive_messages(self) -> None:
         """Hand each utterance's events to its audio context, in order (the server delivers
-        utterances one after another)."""
-        while True:
-            turn = await turns.get()
-            try:
-                async for event in turn.utterance.events():
-                    await self._on_event(turn, event)
-            except VoxlineError as exc:
-                # The connection is gone: end the contexts that wait for it (the next turn
-                # connects again) rather than let each one time out.
-                await self.push_error(error_msg=f"voxline: {exc}")
-                for context_id in dict.fromkeys(t.context_id for t in [turn, *self._turns]):
-                    await self._end_context(context_id)
-                self._turns.clear()
-                self._open = None
-                return
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._turns.remove(turn)
+        utterances one after another). Returns when the connection closes between turns and
+        raises when it fails during one: pipecat's receive task then reconnects."""
+        client, ws, turns = self._client, self._websocket, self._relay_queue
+        if client is None or ws is None:
+            raise ConnectionError(f"voxline: not connected to {self._url}")
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            while True:
+                next_turn = asyncio.ensure_future(turns.get())
+                await asyncio.wait({next_turn, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_turn.done():
+                    next_turn.cancel()
+                    log.info("voxline: the server closed the connection: %s", ws.close_code)
+                    return
+                await self._relay(next_turn.result())
+        finally:
+            closed.cancel()
+
+    async def _relay(self, turn: _Turn) -> None:
+        try:
+            async for event in turn.utterance.events():
+                await self._on_event(turn, event)
+        except VoxlineError as exc:
+            # The connection is gone: end the contexts that wait for it (the next turn goes
+            # on a new connection) rather than let each one time out.
+            await self.push_error(error_msg=f"voxline: {exc}")
+            for context_id in dict.fromkeys(t.context_id for t in [turn, *self._turns]):
+                await self._end_context(context_id)
+            self._turns.clear()
+            self._open = None
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._turns.remove(turn)
 
     async def _on_event(self, turn: _Turn, event: Event) -> None:
         context_id = turn.context_id
@@ -307,3 +474,23 @@ class VoxlineTTSService(TTSService):
         if self.audio_context_available(context_id):
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
+
+
+async def _ready(ws: websockets.ClientConnection) -> dict[str, Any]:
+    """The server's answer to `session.config`: its `session.ready`, else `VoxlineError`."""
+    try:
+        frame = await ws.recv()
+    except websockets.ConnectionClosed as exc:
+        close = exc.rcvd
+        shown = f"{close.code} {close.reason}".strip() if close is not None else "no close frame"
+        raise VoxlineError(
+            "connection_closed",
+            f"the server closed the connection: {shown}",
+            close_code=close.code if close is not None else None,
+        ) from None
+    message = json.loads(frame) if isinstance(frame, str) else {}
+    if message.get("type") == "error":
+        raise VoxlineError.from_message(message)
+    if message.get("type") != "session.ready":
+        raise VoxlineError("protocol_error", f"expected session.ready, got {message!r:.200}")
+    return message

@@ -282,7 +282,8 @@
     const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${PATH}`;
     try {
       // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol.
-      ws = key ? new WebSocket(url, ["token", key]) : new WebSocket(url);
+      // voxline.v1: the extension messages (session.ready, warning) the page shows.
+      ws = new WebSocket(url, key ? ["voxline.v1", "token", key] : ["voxline.v1"]);
     } catch (err) {
       setStatus("closed", "disconnected");
       showError(`cannot connect: ${err.message}`);

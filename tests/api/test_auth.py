@@ -1,4 +1,5 @@
-"""API keys, the allowed-origins check and per-key session limits (api/auth.py)."""
+"""API keys, the allowed-origins check and per-key and per-client session limits
+(api/auth.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import ipaddress
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +32,7 @@ from api.auth import (
     new_key,
     parse_keys,
     parse_origins,
+    parse_proxies,
     presented_key,
     redact_query,
 )
@@ -107,6 +111,9 @@ def test_duplicate_labels_or_keys_are_refused() -> None:
         {"api_keys": KEY},
         {"allowed_origins": "app.example.com"},
         {"max_sessions_per_key": -1},
+        {"max_sessions_per_client": -1},
+        {"trusted_proxies": "10.0.0.0/33"},
+        {"trusted_proxies": "10.0.0.1, proxy.internal"},
     ],
 )
 def test_bad_auth_settings_stop_the_app_at_creation(overrides: dict[str, Any]) -> None:
@@ -119,6 +126,52 @@ def test_bad_keys_from_the_environment_stop_the_app(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("VOXLINE_API_KEYS", f"sha256:{HEX[:10]}")
     with pytest.raises(AuthConfigError, match="entry 1 of 1"):
         create_app(Settings.from_env())
+
+
+def test_bad_trusted_proxies_name_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXLINE_TRUSTED_PROXIES", "10.0.0.0/8, 10.0.0.300")
+    with pytest.raises(AuthConfigError, match=r"VOXLINE_TRUSTED_PROXIES: '10\.0\.0\.300' is not"):
+        create_app(Settings.from_env())
+
+
+def test_parse_proxies() -> None:
+    assert parse_proxies("") == () and parse_proxies(" , ") == ()
+    assert parse_proxies(" 10.0.0.0/8, 192.168.1.7 ,fd00::/8,::ffff:172.16.0.0/108") == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.168.1.7/32"),
+        ipaddress.ip_network("fd00::/8"),
+        ipaddress.ip_network("172.16.0.0/12"),  # IPv4-mapped: read as IPv4
+    )
+    assert parse_proxies("10.1.2.3/8") == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def _peer(address: str, *forwarded: str) -> dict[str, Any]:
+    headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+    return {"type": "websocket", "headers": headers, "client": (address, 50000)}
+
+
+def test_client_address_trusts_forwarded_for_only_from_trusted_proxies() -> None:
+    checker = Authenticator(trusted_proxies=parse_proxies("10.0.0.0/8,fd00::/8"))
+    # An untrusted peer is the client, whatever it claims.
+    assert checker.client_address(_peer("203.0.113.9", "198.51.100.1")) == "203.0.113.9"
+    assert Authenticator().client_address(_peer("10.0.0.2", "198.51.100.1")) == "10.0.0.2"
+    # A trusted proxy: the right-most hop that is not a trusted proxy; hops left of it may be
+    # forged by the client.
+    assert checker.client_address(_peer("10.0.0.2", "198.51.100.1")) == "198.51.100.1"
+    assert checker.client_address(_peer("10.0.0.2", "6.6.6.6, 198.51.100.1, 10.9.9.9")) == (
+        "198.51.100.1"
+    )
+    # Several headers are one list, in order.
+    assert checker.client_address(_peer("10.0.0.2", "6.6.6.6", "198.51.100.1")) == "198.51.100.1"
+    # Ports, brackets and IPv4-mapped IPv6 addresses, from the peer or a hop.
+    assert checker.client_address(_peer("::ffff:10.0.0.2", "198.51.100.1:4711")) == "198.51.100.1"
+    assert checker.client_address(_peer("fd00::1", "[2001:db8::7]:443")) == "2001:db8::7"
+    assert checker.client_address(_peer("::ffff:203.0.113.9")) == "203.0.113.9"
+    # A trusted proxy without the header, or a chain of trusted proxies only.
+    assert checker.client_address(_peer("10.0.0.2")) == "10.0.0.2"
+    assert checker.client_address(_peer("10.0.0.2", "10.5.5.5, 10.6.6.6")) == "10.5.5.5"
+    # No peer address (a Unix socket): nothing to count.
+    assert checker.client_address({"type": "websocket", "headers": [], "client": None}) is None
 
 
 def test_origins_are_normalized() -> None:
@@ -297,20 +350,26 @@ async def connect(
     key: str | None = None,
     form: str = "bearer",
     origin: str | None = None,
+    source: str | None = None,
+    forwarded_for: str | None = None,
 ) -> AsyncIterator[Client]:
-    url, headers, subprotocols = p.ws_url, None, None
+    """`source`: the local address to connect from (any of 127.0.0.0/8 reaches the server)."""
+    url, headers, subprotocols = p.ws_url, None, ["voxline.v1"]
     if key is not None and form == "bearer":
         headers = {"Authorization": f"Bearer {key}"}
     elif key is not None and form == "subprotocol":
-        subprotocols = ["token", key]
+        subprotocols = ["voxline.v1", "token", key]
     elif key is not None and form == "query":
         url += f"?api_key={key}"
+    if forwarded_for is not None:
+        headers = {**(headers or {}), "X-Forwarded-For": forwarded_for}
     async with websockets.connect(
         url,
         additional_headers=headers,
         subprotocols=subprotocols,  # type: ignore[arg-type]
         origin=origin,  # type: ignore[arg-type]
         max_size=None,
+        local_addr=None if source is None else (source, 0),
     ) as ws:
         yield Client(ws)
 
@@ -342,7 +401,8 @@ def _key_sessions(p: Pipeline) -> KeySessions:
 async def test_each_key_form_opens_a_session(redis_url: str, key_prefix: str, form: str) -> None:
     async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
         async with connect(p, key=KEY, form=form) as c:
-            assert c.ws.subprotocol == ("token" if form == "subprotocol" else None)
+            # Offered, voxline.v1 is the subprotocol a session selects (token's job is done).
+            assert c.ws.subprotocol == "voxline.v1"
             await _speaks(c)
             assert _key_sessions(p).count("alpha") == 1
 
@@ -371,8 +431,15 @@ async def test_no_or_wrong_key_is_refused_1008(
 
 async def test_sessions_need_no_key_without_keys(pipeline: Pipeline) -> None:
     async with connect(pipeline, key=WRONG_KEY, form="subprotocol") as c:
-        assert c.ws.subprotocol == "token"  # still selected, for browsers
+        assert c.ws.subprotocol == "voxline.v1"
         await _speaks(c)
+    # A browser that offers only `token, <key>` still gets one of its protocols selected.
+    async with websockets.connect(pipeline.ws_url, subprotocols=["token", WRONG_KEY]) as ws:
+        assert ws.subprotocol == "token"
+        await ws.send(json.dumps({"type": "session.config", "response_format": "pcm"}))
+        await ws.send(json.dumps({"type": "input.text", "text": "Hi."}))
+        await ws.send(json.dumps({"type": "input.done"}))
+        assert json.loads(await ws.recv())["type"] == "audio.start"  # no session.ready
 
 
 async def test_http_routes_need_a_key_except_probes(redis_url: str, key_prefix: str) -> None:
@@ -460,6 +527,90 @@ async def test_per_key_session_limit(redis_url: str, key_prefix: str) -> None:
                 await _speaks(again)
             await _speaks_on(second)
         await _wait_for_count(sessions, "alpha", 0)
+
+
+def _client_sessions(p: Pipeline) -> KeySessions:
+    return p.server.config.app.state.client_sessions
+
+
+async def _ready(c: Client) -> None:
+    await c.send("session.config", response_format="pcm")
+    await c.expect("session.ready")
+
+
+async def test_per_client_session_limit_without_keys(redis_url: str, key_prefix: str) -> None:
+    async with start_pipeline(redis_url, key_prefix, max_sessions_per_client=2) as p:
+        sessions = _client_sessions(p)
+        async with contextlib.AsyncExitStack() as stack:
+            first = await stack.enter_async_context(connect(p))
+            second = await stack.enter_async_context(connect(p))
+            for c in (first, second):
+                await _ready(c)
+            assert sessions.count("127.0.0.1") == 2
+            async with connect(p) as third:
+                await _refused(third, "too_many_sessions", 1013)
+                assert third.ws.close_reason and "client address" in third.ws.close_reason
+            assert sessions.count("127.0.0.1") == 2  # the refused one held no slot
+            # Another address has its own count.
+            async with connect(p, source="127.0.0.2") as other:
+                await _speaks(other)
+                assert sessions.count("127.0.0.2") == 1
+            await _wait_for_count(sessions, "127.0.0.2", 0)
+            # A closed session frees its slot.
+            await first.ws.close()
+            await _wait_for_count(sessions, "127.0.0.1", 1)
+            async with connect(p) as again:
+                await _speaks(again)
+            await _speaks_on(second)
+        await _wait_for_count(sessions, "127.0.0.1", 0)
+        assert p.total("taken") == 3  # the refused session queued nothing
+
+
+async def test_forwarded_for_counts_only_from_a_trusted_proxy(
+    redis_url: str, key_prefix: str
+) -> None:
+    # 127.0.0.3 plays a trusted proxy and 10.0.0.0/8 the proxies in front of it; 127.0.0.2 is
+    # an untrusted client (uvicorn itself takes X-Forwarded-For from 127.0.0.1 only).
+    async with start_pipeline(
+        redis_url, key_prefix, max_sessions_per_client=1, trusted_proxies="127.0.0.3,10.0.0.0/8"
+    ) as p:
+        sessions = _client_sessions(p)
+        async with contextlib.AsyncExitStack() as stack:
+            # An untrusted peer's X-Forwarded-For is ignored: a spoofed one wins no new slot.
+            spoofer = await stack.enter_async_context(
+                connect(p, source="127.0.0.2", forwarded_for="198.51.100.1")
+            )
+            await _ready(spoofer)
+            assert sessions.count("127.0.0.2") == 1 and not sessions.count("198.51.100.1")
+            async with connect(p, source="127.0.0.2", forwarded_for="198.51.100.2") as again:
+                await _refused(again, "too_many_sessions", 1013)
+            # Through the trusted proxy, each forwarded client has its own count.
+            proxied = await stack.enter_async_context(
+                connect(p, source="127.0.0.3", forwarded_for="198.51.100.7, 10.1.2.3")
+            )
+            await _ready(proxied)
+            assert sessions.count("198.51.100.7") == 1 and not sessions.count("127.0.0.3")
+            async with connect(p, source="127.0.0.3", forwarded_for="198.51.100.8") as another:
+                await _speaks(another)
+            # A hop the client prepended itself does not make it someone else.
+            async with connect(
+                p, source="127.0.0.3", forwarded_for="203.0.113.5, 198.51.100.7"
+            ) as forged:
+                await _refused(forged, "too_many_sessions", 1013)
+            assert not sessions.count("203.0.113.5")
+        await _wait_for_count(sessions, "127.0.0.2", 0)
+        await _wait_for_count(sessions, "198.51.100.7", 0)
+
+
+async def test_with_keys_the_per_key_limit_replaces_the_per_client_one(
+    redis_url: str, key_prefix: str
+) -> None:
+    async with start_pipeline(redis_url, key_prefix, api_keys=KEYS, max_sessions_per_client=1) as p:
+        async with connect(p, key=KEY) as first, connect(p, key=KEY) as second:
+            for c in (first, second):
+                await _ready(c)
+            assert _key_sessions(p).count("alpha") == 2
+            assert not _client_sessions(p).count("127.0.0.1")
 
 
 async def _speaks_on(c: Client) -> None:

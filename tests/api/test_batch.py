@@ -79,10 +79,17 @@ def _error(reply: httpx.Response) -> dict[str, Any]:
             "invalid_config",
             "sample_rate",
         ),
-        ({"input": TEXT, "voice": "alloy"}, 400, "invalid_config", "voice"),
+        ({"input": TEXT, "voice": "nobody"}, 400, "invalid_config", "voice"),
         ({"input": TEXT, "language": "Klingon"}, 400, "invalid_config", "language"),
         ({"input": TEXT, "callback_url": "ftp://example.com/x"}, 422, "invalid_value", None),
         ({"input": TEXT, "callback_url": "http://"}, 422, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "file:///etc/passwd"}, 422, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "gopher://127.0.0.1:6379/"}, 422, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "javascript:alert(1)"}, 422, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "http://example.com:99999/"}, 400, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "http://example.com:0/"}, 400, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "http://:80/x"}, 400, "invalid_value", None),
+        ({"input": TEXT, "callback_url": "http://[::1/x"}, 400, "invalid_value", None),
         (
             {"input": TEXT, "callback_url": LONG_URL},
             422,
@@ -177,6 +184,7 @@ async def test_a_job_is_stored_queued_on_arq_and_readable(
         assert stored[b"status"] == b"queued" and stored[b"text"] == TEXT.encode()
         assert stored[b"speed"] == b"1.5"
         assert stored[b"callback_url"] == b"https://example.com/done?x=1"
+        assert job["callback_url"] == "https://example.com/done?x=1"
         assert 0 < await client.ttl(keys.batch(batch_id))
         assert await client.zscore(keys.arq_queue, arq_job_id(batch_id)) is not None
 
@@ -348,6 +356,97 @@ async def test_the_routes_need_a_key_when_keys_are_on(
         assert reply.status_code == 202, reply.text
         arq_jobs.append(reply.json()["id"])
         assert (await http.get(reply.headers["location"], headers=auth)).status_code == 200
+
+
+async def test_callback_credentials_are_redacted_in_the_jobs_status(
+    redis_url: str, key_prefix: str, arq_jobs: list[str]
+) -> None:
+    url = "https://bob:hunter2@hooks.example.com/done?token=s3cret&api_key=k3y&x=1"
+    shown = "https://redacted@hooks.example.com/done?token=redacted&api_key=redacted&x=1"
+    async with _stack(redis_url, key_prefix) as (_, http, client, keys):
+        reply = await _post(http, arq_jobs, input=TEXT, callback_url=url)
+        assert reply.status_code == 202, reply.text
+        got = await http.get(reply.headers["location"])
+        for answer in (reply, got):
+            assert answer.json()["callback_url"] == shown
+            assert not any(s in answer.text for s in ("hunter2", "s3cret", "k3y"))
+        # The real one is kept for the delivery only, until the job ends.
+        batch_id = reply.json()["id"]
+        assert await client.hget(keys.batch(batch_id), "callback_url") == url.encode()
+        cancelled = await http.delete(f"{JOBS}/{batch_id}")
+        assert cancelled.json()["callback_url"] == shown
+        assert not await client.hexists(keys.batch(batch_id), "callback_url")
+
+
+ALICE, BOB = "vx_alice-batch-key", "vx_bob-batch-key"
+TWO_KEYS = f"alice={hash_key(ALICE)},bob={hash_key(BOB)}"
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _routes(http: httpx.AsyncClient, batch_id: str, key: str) -> list[httpx.Response]:
+    """Every route of one job, in an order that changes nothing before the last."""
+    return [
+        await http.get(f"{JOBS}/{batch_id}", headers=_as(key)),
+        await http.get(f"{JOBS}/{batch_id}/audio", headers=_as(key)),
+        await http.delete(f"{JOBS}/{batch_id}", headers=_as(key)),
+    ]
+
+
+async def test_a_job_is_another_keys_missing_job(
+    redis_url: str, key_prefix: str, arq_jobs: list[str], tmp_path: Path
+) -> None:
+    async with _stack(redis_url, key_prefix, api_keys=TWO_KEYS) as (p, http, client, keys):
+        queued = await http.post(JOBS, json={"input": TEXT}, headers=_as(ALICE))
+        assert queued.status_code == 202, queued.text
+        queued_id = queued.json()["id"]
+        arq_jobs.append(queued_id)
+        assert await client.hget(keys.batch(queued_id), "owner") == b"alice"
+        # A finished one too (its file is there), as the coordinator leaves it.
+        batches = _batches(client, keys, p)
+        done_id = new_batch_id()
+        await batches.create(done_id, BatchRequest(TEXT, "tone-mid", "mp3", 24000, owner="alice"))
+        where = await Results(client, keys, p.settings).store(done_id, "mp3", FILE)
+        await batches.finish(done_id, BatchStatus.DONE, result=where, bytes=len(FILE), done=1)
+
+        missing = "0" * 24
+        for batch_id in (queued_id, done_id):
+            theirs = await _routes(http, batch_id, BOB)
+            nowhere = await _routes(http, missing, BOB)
+            for reply, unknown in zip(theirs, nowhere, strict=True):
+                assert reply.status_code == 404, (reply.request.method, reply.request.url)
+                # The very answer a missing job gets (but for the id it names).
+                assert reply.json() == json_with(unknown.json(), missing, batch_id)
+        # Bob's DELETE neither cancelled nor deleted anything: Alice's jobs are as they were.
+        assert (await http.get(f"{JOBS}/{queued_id}", headers=_as(ALICE))).json()[
+            "status"
+        ] == "queued"
+        audio = await http.get(f"{JOBS}/{done_id}/audio", headers=_as(ALICE))
+        assert audio.status_code == 200 and audio.content == FILE
+        assert [r.status_code for r in await _routes(http, queued_id, ALICE)] == [200, 409, 200]
+
+
+def json_with(body: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    error = dict(body["error"])
+    error["message"] = error["message"].replace(old, new)
+    return {"error": error}
+
+
+async def test_with_keys_off_any_caller_sees_any_job(
+    redis_url: str, key_prefix: str, arq_jobs: list[str]
+) -> None:
+    async with _stack(redis_url, key_prefix) as (p, http, client, keys):
+        # A job stored by a front end that had keys on: with them off, it is anyone's.
+        batch_id = new_batch_id()
+        await _batches(client, keys, p).create(
+            batch_id, BatchRequest(TEXT, "tone-mid", "mp3", 24000, owner="alice")
+        )
+        assert (await http.get(f"{JOBS}/{batch_id}")).status_code == 200
+        reply = await _post(http, arq_jobs, input=TEXT)
+        assert await client.hget(keys.batch(reply.json()["id"]), "owner") == b""
+        assert (await http.get(reply.headers["location"])).status_code == 200
 
 
 async def test_without_arq_the_batch_routes_are_503_and_speech_works(

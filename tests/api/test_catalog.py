@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from api.speech import OPENAI_MODELS
+from shared.voice_aliases import OPENAI_VOICES
 from tests.harness import start_pipeline
 from worker.engines.tone import DEFAULT_VOICE, VOICES
 
@@ -21,17 +22,30 @@ async def test_the_catalog_follows_the_workers(redis_url: str, key_prefix: str) 
                     json={"model": model["id"], "input": "Hi.", "voice": voices["voices"][0]["id"]},
                 )
                 assert reply.status_code == 200, (model, reply.text)
+            # Every alias too.
+            for alias in voices["aliases"]:
+                reply = await http.post("/v1/audio/speech", json={"input": "Hi.", "voice": alias})
+                assert reply.status_code == 200, (alias, reply.text)
             await p.stop_workers()  # a clean stop deregisters them
             empty_models = (await http.get("/v1/models")).json()
             empty_voices = (await http.get("/v1/voices")).json()
+            empty_omni = (await http.get("/v1/audio/voices")).json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["tone", *OPENAI_MODELS]
     assert {m["engine"] for m in models["data"]} == {"tone"}
     assert [v["id"] for v in voices["voices"]] == list(VOICES)
     assert voices["engine"] == "tone" and voices["default"] == DEFAULT_VOICE
     assert voices["workers"] == 2
+    assert set(voices["aliases"]) == set(OPENAI_VOICES)
+    assert empty_omni == {"voices": [], "uploaded_voices": []}
     assert empty_models == {"object": "list", "data": []}
-    assert empty_voices == {"engine": None, "default": None, "voices": [], "workers": 0}
+    assert empty_voices == {
+        "engine": None,
+        "default": None,
+        "voices": [],
+        "aliases": {},
+        "workers": 0,
+    }
 
 
 async def test_voices_of_a_real_engine(redis_url: str, key_prefix: str) -> None:
@@ -41,3 +55,5 @@ async def test_voices_of_a_real_engine(redis_url: str, key_prefix: str) -> None:
     ids = [v["id"] for v in voices["voices"]]
     assert voices["engine"] == "espeak" and voices["default"] in ids and len(ids) > 50
     assert all(v["languages"] for v in voices["voices"])
+    # Each voice lists what it speaks itself, not every language of the engine.
+    assert all(len(v["languages"]) < 10 for v in voices["voices"])

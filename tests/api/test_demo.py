@@ -193,7 +193,7 @@ async def test_page_and_assets_are_public_but_the_websocket_needs_the_key(
         async with websockets.connect(p.ws_url) as ws:
             refused = json.loads(await ws.recv())
             assert refused["type"] == "error" and refused["code"] == "unauthorized"
-        async with websockets.connect(p.ws_url, subprotocols=["token", KEY]) as ws:
+        async with websockets.connect(p.ws_url, subprotocols=["voxline.v1", "token", KEY]) as ws:
             await ws.send(json.dumps({"type": "session.config", "response_format": "pcm"}))
             assert json.loads(await ws.recv())["type"] == "session.ready"
 

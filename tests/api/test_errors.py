@@ -117,9 +117,16 @@ async def test_no_config_within_config_timeout(redis_url: str, key_prefix: str) 
         ({"model": "Qwen/Qwen3-TTS"}, "model"),
         ({"task_type": "Base", "ref_audio": "data:..."}, "task_type"),
         ({"task_type": "Dream"}, "task_type"),
-        ({"instructions": "whisper"}, "instructions"),
-        ({"max_new_tokens": 100}, "max_new_tokens"),
-        ({"x_vector_only_mode": True}, "x_vector_only_mode"),
+        # vllm-omni's fields: those that would change whose voice speaks are refused...
+        ({"ref_audio": "data:audio/wav;base64,AAAA"}, "ref_audio"),
+        ({"speaker_embedding": [0.1, 0.2]}, "speaker_embedding"),
+        ({"speaker": "nobody"}, "voice"),
+        ({"voice": "tone-mid", "speaker": "tone-low"}, "speaker"),
+        # ...and hints are held to vllm-omni's own bounds (accepted otherwise: test_vllm_omni).
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"initial_codec_chunk_frames": -1}, "initial_codec_chunk_frames"),
+        ({"seed": "7"}, "seed"),
+        ({"x_vector_only_mode": "yes"}, "x_vector_only_mode"),
         ({"colour": "blue"}, "colour"),
     ],
 )

@@ -48,7 +48,14 @@ from api.splitter import SentenceSplitter
 from shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
 from shared.capabilities import EngineInfo
 from shared.connections import drop_memory_server
-from shared.protocol import ErrorCode, ProtocolError, parse_client_message, parse_config
+from shared.protocol import (
+    EXTENSIONS,
+    PCM_RATE,
+    ErrorCode,
+    ProtocolError,
+    parse_client_message,
+    parse_config,
+)
 from shared.wire import Job
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client, Pipeline, start_pipeline
@@ -60,6 +67,7 @@ MAX_BUFFER_CHARS = 600
 MAX_SENTENCE_CHARS = 300
 SERVER_SETTINGS: dict[str, Any] = {
     "max_message_bytes": MAX_MESSAGE_BYTES,
+    "max_config_bytes": MAX_MESSAGE_BYTES,
     "max_buffer_chars": MAX_BUFFER_CHARS,
     "max_sentence_chars": MAX_SENTENCE_CHARS,
     # Admission control is not under test: a backlog left by the previous example's cancelled
@@ -95,14 +103,19 @@ CLIENT_TYPES = (
 )
 FORMATS = ALL_FORMATS
 STREAMABLE = tuple(f for f in ALL_FORMATS if f != "wav")
-COMPAT_FIELDS = (
+# vllm-omni's fields beyond the core: those that change whose voice speaks are refused by an
+# engine that cannot honour them; hints are accepted with a `warning` each.
+VOICE_FIELDS = ("ref_audio", "speaker_embedding")
+HINT_FIELDS = (
     "instructions",
     "max_new_tokens",
     "initial_codec_chunk_frames",
-    "ref_audio",
     "ref_text",
     "x_vector_only_mode",
+    "seed",
+    "non_streaming_mode",
 )
+COMPAT_FIELDS = VOICE_FIELDS + HINT_FIELDS
 TONE_VOICES = tuple(VOICES)
 SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -145,21 +158,40 @@ def _is_number(value: object) -> bool:
     return type(value) in (int, float) and (type(value) is int or math.isfinite(value))
 
 
-# session.config against the tone engine: which values each field takes.
+def _int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v < 2**63
+
+
+# session.config against the tone engine: which non-null values each field takes (null is
+# every field's default, as in vllm-omni).
 FIELD_OK: dict[str, Callable[[Any], bool]] = {
-    "voice": lambda v: v is None or (isinstance(v, str) and v in TONE_VOICES),
+    "voice": lambda v: isinstance(v, str) and v in TONE_VOICES,
+    "speaker": lambda v: isinstance(v, str) and v in TONE_VOICES,
     "response_format": lambda v: isinstance(v, str) and v in FORMATS,
     "stream_audio": lambda v: type(v) is bool,
-    "sample_rate": lambda v: v is None or (type(v) is int and 8000 <= v <= 48000),
+    "sample_rate": lambda v: type(v) is int and 8000 <= v <= 48000,
     "speed": lambda v: _is_number(v) and 0.25 <= v <= 4.0,
     "language": lambda v: v == "Auto",  # tone lists no language
-    "split_granularity": lambda v: isinstance(v, str) and v in ("sentence", "clause"),
+    "split_granularity": lambda v: isinstance(v, str) and v in ("none", "sentence", "clause"),
     "word_timestamps": lambda v: type(v) is bool,  # tone times words
-    "model": lambda v: v is None or v == "tone",
-    "task_type": lambda v: v is None or v == "CustomVoice",
-    # Tone honours none of the compatibility fields: set, they are refused, never ignored.
-    **{name: (lambda v: v is None) for name in COMPAT_FIELDS},
+    "model": lambda v: v == "tone",
+    "task_type": lambda v: v == "CustomVoice",
+    # Tone honours none of the voice-changing fields: set, they are refused.
+    **{name: (lambda v: False) for name in VOICE_FIELDS},
+    # Hints it cannot honour are accepted (and warned about) when well-formed.
+    "instructions": lambda v: isinstance(v, str),
+    "ref_text": lambda v: isinstance(v, str),
+    "max_new_tokens": _int_at_least(1),
+    "initial_codec_chunk_frames": _int_at_least(0),
+    "seed": _int_at_least(0),
+    "x_vector_only_mode": lambda v: type(v) is bool,
+    "non_streaming_mode": lambda v: type(v) is bool,
 }
+
+
+def _set(data: dict[str, Any]) -> dict[str, Any]:
+    """The config's fields that are not null (null means the default)."""
+    return {k: v for k, v in data.items() if k != "type" and v is not None}
 
 
 def shown_name(name: str) -> str:
@@ -169,17 +201,22 @@ def shown_name(name: str) -> str:
 
 def config_problems(data: dict[str, Any]) -> set[str]:
     """The fields an `invalid_config` may name (empty: the config is valid for tone)."""
-    body = {k: v for k, v in data.items() if k != "type"}
+    body = _set(data)
     bad = set()
     for name, value in body.items():
         ok = FIELD_OK.get(name)
-        if ok is None or not ok(value):
+        if ok is None or not ok(value) or (isinstance(value, str) and SURROGATE.search(value)):
             bad.add(shown_name(name))
+    if "speaker" in body and "voice" in body and body["speaker"] != body["voice"]:
+        bad.add("speaker")
+    if "speaker" in bad:
+        bad.add("voice")  # an unknown speaker is refused as the voice it stands for
     fmt = body.get("response_format", "wav")
     if body.get("stream_audio") is True and fmt not in STREAMABLE:
         bad.add("stream_audio")
     rate = body.get("sample_rate")
-    if FIELD_OK["sample_rate"](rate) and fmt in FORMATS and rate and check_rate(fmt, rate):
+    valid_rate = rate is not None and FIELD_OK["sample_rate"](rate)
+    if valid_rate and fmt in FORMATS and check_rate(fmt, rate):
         bad.add("sample_rate")  # a rate this format cannot carry (opus at 44100)
     return bad
 
@@ -212,7 +249,7 @@ class Utt:
 
 @dataclass(frozen=True)
 class Expect:
-    kind: str  # error, ready, done, cancelled, close
+    kind: str  # error, ready, warning, done, cancelled, close
     code: str | int | None = None  # the error code or the close code
     fields: frozenset[str] = frozenset()  # invalid_config: the fields it may name
     utt: Utt | None = None
@@ -243,6 +280,8 @@ class Model:
     def step(self, frame: Frame) -> list[Expect]:
         verdict = frame_verdict(frame)
         if not self.configured:
+            if verdict == "text_too_large":  # too large to be read: said so, then closed
+                return _refused("text_too_large", 1008)
             if isinstance(verdict, str) or verdict["type"] != "session.config":
                 return _refused("not_configured", 1008)
             return self._configure(verdict)
@@ -289,17 +328,20 @@ class Model:
                 Expect("close", 1008)
             ]
         self.configured = True
+        data = _set(data)
         self.fmt = data.get("response_format", "wav")
-        self.rate = data.get("sample_rate") or default_rate(self.fmt, TONE_RATE)
+        default = PCM_RATE if self.fmt == "pcm" else default_rate(self.fmt, TONE_RATE)
+        self.rate = data.get("sample_rate") or default
         self.stream = data.get("stream_audio", False)
         self.granularity = data.get("split_granularity", "sentence")
         ready = {
             "format": self.fmt,
             "sample_rate": self.rate,
-            "voice": data.get("voice") or DEFAULT_VOICE,
+            "voice": data.get("voice") or data.get("speaker") or DEFAULT_VOICE,
             "engine": "tone",
         }
-        return [Expect("ready", ready=ready)]
+        warnings = [Expect("warning", fields=frozenset({n})) for n in HINT_FIELDS if n in data]
+        return [Expect("ready", ready=ready), *warnings]
 
     def _open(self) -> Utt:
         if self.open is None:
@@ -398,6 +440,11 @@ class Conversation:
             if head.code == "invalid_config":
                 assert msg["field"] in head.fields, f"{msg} names none of {set(head.fields)}"
                 assert msg["field"] in msg["message"], msg
+        elif head.kind == "warning":
+            assert kind == "warning" and msg["field"] in head.fields, (
+                f"got {msg}, expected a warning on {set(head.fields)} {self._where()}"
+            )
+            assert msg["code"] == "ignored_field" and msg["field"] in msg["message"], msg
         elif head.kind == "ready":
             assert kind == "session.ready", f"got {msg}, expected session.ready {self._where()}"
             assert head.ready is not None
@@ -483,7 +530,9 @@ async def converse(
     pipeline: Pipeline, frames: list[Frame], *, config: dict[str, Any] | None
 ) -> Conversation:
     """Send `config` (when given) and then `frames`, each checked against the model."""
-    async with websockets.connect(pipeline.ws_url, max_size=None, open_timeout=10) as ws:
+    async with websockets.connect(
+        pipeline.ws_url, max_size=None, open_timeout=10, subprotocols=[EXTENSIONS]
+    ) as ws:
         conversation = Conversation(ws)
         if config is not None:
             await conversation.send(message("session.config", **config))
@@ -686,29 +735,39 @@ valid_config_fields: dict[str, st.SearchStrategy[Any]] = {
     "sample_rate": st.one_of(st.none(), st.integers(8000, 48000)),
     "speed": st.one_of(st.floats(0.25, 4.0), st.integers(1, 4)),
     "language": st.just("Auto"),
-    "split_granularity": st.sampled_from(["sentence", "clause"]),
+    "split_granularity": st.sampled_from(["none", "sentence", "clause"]),
     "word_timestamps": st.booleans(),
     "model": st.sampled_from(["tone", None]),
     "task_type": st.sampled_from(["CustomVoice", None]),
-    **{name: st.none() for name in COMPAT_FIELDS},
+    "speaker": st.sampled_from([*TONE_VOICES, None]),
+    **{name: st.none() for name in VOICE_FIELDS},
+    "instructions": st.one_of(st.none(), st.just("calm")),
+    "max_new_tokens": st.one_of(st.none(), st.integers(1, 4096)),
+    "initial_codec_chunk_frames": st.one_of(st.none(), st.integers(0, 64)),
+    "seed": st.one_of(st.none(), st.integers(0, 2**32)),
+    "non_streaming_mode": st.one_of(st.none(), st.booleans()),
 }
 OUT_OF_RANGE: dict[str, list[Any]] = {
-    "speed": [0.2499, 4.0001, 0, -1, 1e9, 5, "1.0", True, None],
+    "speed": [0.2499, 4.0001, 0, -1, 1e9, 5, "1.0", True],
     "sample_rate": [7999, 48001, 0, -8000, 16000.0, 2**63, 10**400, "16000", True],
-    "response_format": ["ogg", "vorbis", "MP3", "PCM", "", " wav", None],
+    "response_format": ["ogg", "vorbis", "MP3", "PCM", "", " wav"],
     "voice": ["nobody", "", "TONE-MID", "tone-mid ", 7, "\ud800"],
-    "stream_audio": ["yes", 1, 0, None],
-    "language": ["en", "auto", "", None],
-    "split_granularity": ["word", "Sentence", None],
-    "word_timestamps": [1, "true", None],
+    "speaker": ["nobody", 7],
+    "stream_audio": ["yes", 1, 0],
+    "language": ["en", "auto", ""],
+    "split_granularity": ["word", "Sentence", "None"],
+    "word_timestamps": [1, "true"],
     "model": ["Qwen/Qwen3-TTS", "", 5],
     "task_type": ["Base", "VoiceDesign", "Dream", 1],
-    "instructions": ["whisper", "\ud800"],
-    "max_new_tokens": [0, 1, 100, 2**64],
-    "initial_codec_chunk_frames": [0, 1, 2**63],
+    "instructions": [5, "\ud800"],
+    "max_new_tokens": [0, 2**64, "5", True],
+    "initial_codec_chunk_frames": [-1, 2**63, 1.5],
+    "seed": [-1, 2**64, "1"],
+    "non_streaming_mode": [1, "no"],
     "ref_audio": ["data:audio/wav;base64,AAAA"],
-    "ref_text": ["hi"],
-    "x_vector_only_mode": [True, False],
+    "speaker_embedding": [[0.1, 0.2], [], "x"],
+    "ref_text": [5],
+    "x_vector_only_mode": ["yes", 1],
 }
 field_names = st.one_of(
     st.sampled_from(["text", "type", "voice", "speed", "colour", "", " type", "Type", "\ud800"]),
@@ -841,7 +900,8 @@ conversation_steps = st.one_of(
 
 
 def test_the_first_frame_gets_the_contracts_reply(memory_server: LiveServer) -> None:
-    """Anything but a valid session.config first: not_configured or invalid_config, 1008."""
+    """Anything but a valid session.config first: not_configured, invalid_config or (too
+    large to read) text_too_large, 1008."""
 
     @settings(FUZZ, max_examples=300)
     @given(
@@ -907,7 +967,9 @@ async def pipelined(
     """Send everything at once, then session.close; read to the close. Returns the close
     code and the JSON messages, after checking the audio framing on the way."""
     received: list[dict[str, Any]] = []
-    async with websockets.connect(pipeline.ws_url, max_size=None, open_timeout=10) as ws:
+    async with websockets.connect(
+        pipeline.ws_url, max_size=None, open_timeout=10, subprotocols=[EXTENSIONS]
+    ) as ws:
         for frame in [message("session.config", **config), *frames, message("session.close")]:
             try:
                 await ws.send(frame.data)
@@ -1046,7 +1108,7 @@ def test_parsing_agrees_with_the_contract_and_accepts_only_what_can_be_sent(raw:
             sample_rate=config.sample_rate or 0,
             speed=config.speed,
             language=config.language,
-            extra=config.extra_fields(),
+            extra=config.extra_fields(engine.extra_fields),
         ).pack()
 
 
@@ -1077,7 +1139,9 @@ def test_invalid_utf8_in_a_text_frame_closes_1007_without_a_traceback(
     does not list it; the server must still not log it as an unhandled exception."""
 
     async def go() -> int:
-        async with websockets.connect(memory_server.pipeline.ws_url) as ws:
+        async with websockets.connect(
+            memory_server.pipeline.ws_url, subprotocols=[EXTENSIONS]
+        ) as ws:
             await ws.send(json.dumps({"type": "session.config"}))
             assert json.loads(await ws.recv())["type"] == "session.ready"
             await ws.send(b"\xed\xa0\x80 \xff", text=True)  # a UTF-8-encoded surrogate, 0xff

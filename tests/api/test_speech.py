@@ -84,6 +84,17 @@ async def test_sample_rate_is_honoured(redis_url: str, key_prefix: str) -> None:
     assert abs(dominant_hz(samples, rate) - TONE_HZ["tone-mid"]) < 5
 
 
+async def test_an_integral_float_rate_is_an_integer(redis_url: str, key_prefix: str) -> None:
+    # JSON has one number type: 16000.0 is the integer the schema asks for (16000.5 is not).
+    async with start_pipeline(redis_url, key_prefix) as p:
+        async with _client(p.http) as http:
+            body = {"input": "Hi.", "response_format": "pcm"}
+            whole = await http.post("/v1/audio/speech", json={**body, "sample_rate": 16000.0})
+            half = await http.post("/v1/audio/speech", json={**body, "sample_rate": 16000.5})
+    assert whole.status_code == 200 and whole.headers["x-sample-rate"] == "16000"
+    assert half.status_code == 422 and half.json()["error"]["param"] == "sample_rate"
+
+
 async def test_sse_events_carry_one_stream(redis_url: str, key_prefix: str) -> None:
     async with start_pipeline(redis_url, key_prefix, workers=2, concurrency=2) as p:
         async with _client(p.http) as http:
@@ -115,7 +126,7 @@ async def test_the_openai_client_library_gets_the_audio(redis_url: str, key_pref
         ) as response:
             data = await response.read()
         with pytest.raises(openai.BadRequestError) as refused:
-            await client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT)
+            await client.audio.speech.create(model="tts-1", voice="nobody", input=TEXT)
     samples, rate = decode(data, "wav", 24000)
     assert abs(samples.size / rate - SECONDS) < 0.01
     assert "voice" in str(refused.value)
@@ -124,10 +135,14 @@ async def test_the_openai_client_library_gets_the_audio(redis_url: str, key_pref
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"input": TEXT, "voice": "alloy"}, 400, "voice"),
+        ({"input": TEXT, "voice": "nobody"}, 400, "voice"),
         ({"input": TEXT, "model": "tts-9"}, 400, "model"),
         ({"input": TEXT, "response_format": "opus", "sample_rate": 44100}, 400, "sample_rate"),
-        ({"input": TEXT, "instructions": "whisper"}, 400, "instructions"),
+        ({"input": TEXT, "task_type": "VoiceDesign"}, 400, "task_type"),
+        ({"input": TEXT, "voice": "tone-mid", "speaker": "tone-low"}, 400, "speaker"),
+        ({"input": " \n\t "}, 400, "input"),
+        ({"input": "... -- !? ***"}, 400, "input"),
+        ({"input": TEXT, "stream": "yes"}, 422, "stream"),
         ({"input": TEXT, "language": "xx"}, 400, "language"),
         ({"voice": "tone-mid"}, 422, "input"),
         ({"input": ""}, 422, "input"),

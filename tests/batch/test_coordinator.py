@@ -8,18 +8,23 @@ import asyncio
 import contextlib
 import http.server
 import json
+import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+import batch.coordinator
 from api.queue import JobQueue
 from batch.arq_worker import make_worker
+from batch.callbacks import redact_url
 from batch.connections import arq_job_id, arq_pool, enqueue_batch
 from batch.coordinator import Coordinator
 from batch.results import IN_REDIS
 from shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id, wake_in
+from shared.config import Settings
 from shared.connections import Client, connect
 from shared.keys import JOBS_GROUP, Keys, batch_session
 from shared.tasks import stop
@@ -233,15 +238,24 @@ async def test_a_large_file_without_a_directory_fails_saying_so(
         assert state is not None and "VOXLINE_BATCH_DIR" in state.error
 
 
+Callback = tuple[str, list[dict], list[str]]
+
+
 @pytest.fixture
-def callback_server() -> Iterator[tuple[str, list[dict]]]:
+def callback_server() -> Iterator[Callback]:
+    """A receiver on 127.0.0.1: its URL, the bodies and the paths (with the query) it got; a
+    path holding `fail=1` is answered 500."""
     received: list[dict] = []
+    paths: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append(json.loads(body))
-            self.send_response(204)
+            paths.append(self.path)
+            status = 500 if "fail=1" in self.path else 204
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args: object) -> None:
@@ -250,15 +264,19 @@ def callback_server() -> Iterator[tuple[str, list[dict]]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received, paths
     server.shutdown()
+    server.server_close()
+
+
+LOCAL = "127.0.0.1/32"  # callbacks to loopback are refused unless allowed
 
 
 async def test_the_callback_gets_the_final_state(
-    redis_url: str, key_prefix: str, callback_server: tuple[str, list[dict]]
+    redis_url: str, key_prefix: str, callback_server: Callback
 ) -> None:
-    url, received = callback_server
-    async with _stack(redis_url, key_prefix) as (pipeline, redis, batches):
+    url, received, _ = callback_server
+    async with _stack(redis_url, key_prefix, callback_allow=LOCAL) as (pipeline, redis, batches):
         batch_id = await _new_job(batches, numbered_text(3), fmt="mp3", callback=url)
         assert await _coordinator(pipeline, redis, batch_id).run() == "done"
         assert len(received) == 1
@@ -266,6 +284,96 @@ async def test_the_callback_gets_the_final_state(
         assert body["id"] == batch_id and body["status"] == "done"
         assert body["progress"] == {"sentences_done": 3, "sentences_total": 3}
         assert body["audio_bytes"] > 0
+        state = await batches.get(batch_id)
+        assert state is not None and not state.callback_error
+
+
+@contextlib.asynccontextmanager
+async def _bare(
+    redis_url: str, key_prefix: str, **overrides: object
+) -> AsyncIterator[tuple[Settings, Client, Batches]]:
+    """No workers: a job whose text has nothing to speak fails at once, and calls back."""
+    settings = Settings(redis_url=redis_url, key_prefix=key_prefix).replace(**overrides)
+    redis = connect(redis_url)
+    batches = Batches(redis, Keys(key_prefix), result_ttl=60, timeout=60)
+    try:
+        yield settings, redis, batches
+    finally:
+        await redis.aclose()
+
+
+async def _fail_calling_back(settings: Settings, redis: Client, batches: Batches, url: str) -> str:
+    batch_id = await _new_job(batches, " ... ", callback=url)
+    coordinator = Coordinator(redis, Keys(settings.key_prefix), settings, batch_id)
+    assert await coordinator.run() == "failed"
+    return batch_id
+
+
+async def test_a_callback_to_loopback_is_refused_unless_allowed(
+    redis_url: str, key_prefix: str, callback_server: Callback
+) -> None:
+    url, received, _ = callback_server
+    async with _bare(redis_url, key_prefix) as (settings, redis, batches):
+        batch_id = await _fail_calling_back(settings, redis, batches, url)
+        state = await batches.get(batch_id)
+        assert state is not None and state.callback_error == "delivery failed (address not allowed)"
+        assert received == []
+        allowed = settings.replace(callback_allow=LOCAL)
+        batch_id = await _fail_calling_back(allowed, redis, batches, url)
+        state = await batches.get(batch_id)
+        assert state is not None and not state.callback_error
+        assert [body["id"] for body in received] == [batch_id]
+
+
+async def test_an_unreachable_callback_says_only_that(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch.coordinator, "_CALLBACK_BACKOFF", 0.0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens there once closed
+    async with _bare(redis_url, key_prefix, callback_allow=LOCAL) as (settings, redis, batches):
+        url = f"http://127.0.0.1:{closed}/hook"
+        batch_id = await _fail_calling_back(settings, redis, batches, url)
+        state = await batches.get(batch_id)
+        assert state is not None and state.callback_error == "delivery failed (unreachable)"
+        assert state.public()["callback_error"] == "delivery failed (unreachable)"
+
+
+async def test_callback_credentials_are_redacted_in_logs_and_status(
+    redis_url: str,
+    key_prefix: str,
+    callback_server: Callback,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch.coordinator, "_CALLBACK_BACKOFF", 0.0)
+    url, received, paths = callback_server
+    secret = url.replace("http://", "http://bob:hunter2@") + "?token=s3cret&fail=1"
+    shown = redact_url(secret)
+    assert "hunter2" not in shown and "s3cret" not in shown
+    caplog.set_level(logging.INFO, logger="voxline.batch")
+    async with _bare(redis_url, key_prefix, callback_allow=LOCAL) as (settings, redis, batches):
+        batch_id = await _new_job(batches, " ... ", callback=secret)
+        # As the front end stores it (api/batch.py).
+        keys = Keys(key_prefix)
+        await redis.hset(keys.batch(batch_id), "callback_redacted", shown)
+        coordinator = Coordinator(redis, keys, settings, batch_id)
+        assert await coordinator.run() == "failed"
+        state = await batches.get(batch_id)
+        assert state is not None
+        status = state.public()
+        assert status["callback_error"] == "delivery failed (status 500)"
+        assert status["callback_url"] == shown
+        # The receiver got the real URL (three tries of a 500), the job's JSON without it.
+        assert paths == ["/hook?token=s3cret&fail=1"] * 3
+        assert all(body["callback_url"] == shown for body in received)
+        # Once the job ended, Redis no longer holds the real URL.
+        stored = await redis.hgetall(keys.batch(batch_id))
+        assert not any(b"hunter2" in v or b"s3cret" in v for v in stored.values())
+    logged = [r.getMessage() for r in caplog.records if batch_id in r.getMessage()]
+    assert any(shown in line and "status 500" in line for line in logged), logged
+    assert not any("hunter2" in line or "s3cret" in line for line in caplog.messages)
 
 
 async def test_the_arq_worker_runs_a_job_once_however_often_enqueued(

@@ -46,7 +46,7 @@ async def test_say_writes_intelligible_speech(
     assert status == 0
     wav = out.read_bytes()
     info = parse_wav(wav)
-    assert info.sample_rate == 22050 and 0.8 < len(info.frames) / 2 / 22050 < 4
+    assert info.sample_rate == 24000 and 0.8 < len(info.frames) / 2 / 24000 < 4
     heard = recognize(wav)
     assert len(heard & WORDS) >= 2, heard
     err = capsys.readouterr().err

@@ -325,6 +325,13 @@ def _language_table(voices: dict[str, _VoiceInfo]) -> dict[str, str]:
     return {code: name for code, (_, _, name) in best.items()}
 
 
+def _own_languages(voice: _VoiceInfo) -> tuple[str, ...]:
+    """The codes espeak lists for the voice, best first, then their vllm-omni names: what
+    the voice speaks itself (a request for another language switches voice)."""
+    codes = list(dict.fromkeys(code for _, code in sorted(voice.languages, key=lambda x: x[0])))
+    return (*codes, *(n for n, code in LANGUAGE_NAMES.items() if code in codes))
+
+
 class EspeakEngine(Engine):
     """espeak-ng voices. `language` other than "Auto" selects the voice: the requested voice
     if it speaks that language (e.g. voice "en-us" for "en"), else the voice espeak ranks
@@ -357,6 +364,9 @@ class EspeakEngine(Engine):
             languages=tuple(sorted(self._by_language)) + tuple(names),
             word_timestamps=True,
             speed_range=SPEED_RANGE,
+            voice_languages=tuple(
+                (name, _own_languages(self._voices[name])) for name in sorted(self._voices)
+            ),
         )
 
     def resolve_voice(self, voice: str, language: str) -> str:
