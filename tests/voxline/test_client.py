@@ -241,3 +241,19 @@ async def test_a_cancel_that_races_the_end_of_its_utterance() -> None:
     await tts.aclose()
     with pytest.raises(VoxlineError, match="closed"):
         await anext(events)
+
+
+async def test_warnings_of_ignored_hints_are_kept_and_logged(
+    redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        start_pipeline(redis_url, key_prefix) as p,
+        connect(p.url, seed=7, instructions="calm") as tts,
+    ):
+        await tts.send("Hello there.")
+        await tts.done()
+        events = await collect(tts.events())
+        assert audio_of(events)
+        assert {w["field"] for w in tts.warnings} == {"seed", "instructions"}
+    logged = [r.getMessage() for r in caplog.records if r.name == "voxline.client"]
+    assert any("seed" in m for m in logged) and any("instructions" in m for m in logged)
