@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shared.config import Settings
-from shared.protocol import CloseCode, ErrorCode, error
+from shared.protocol import EXTENSIONS, CloseCode, ErrorCode, error
 
 log = logging.getLogger("voxline.api.auth")
 
@@ -457,6 +457,10 @@ class AuthMiddleware:
         # but reads the error message and the close reason.
         ws = WebSocket(scope, receive, send)
         try:
+            if subprotocol is None and EXTENSIONS in (scope.get("subprotocols") or ()):
+                # A browser fails a connection that selects none of its offered protocols,
+                # and would never see why it was refused.
+                subprotocol = EXTENSIONS
             await ws.accept(subprotocol=subprotocol)
             await ws.send_text(json.dumps(error(refusal.code, refusal.message)))
             await ws.close(int(refusal.close), reason=refusal.message[:120])

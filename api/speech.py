@@ -36,7 +36,7 @@ from api.hub import Hub
 from api.inproc import Closed, Frame, LocalSocket
 from api.rest import parse_body, pool_engine, read_body, too_large
 from api.session import Session
-from api.splitter import _SPEAKABLE
+from api.splitter import speakable
 from shared.audio.codecs import MEDIA_TYPES, StreamEncoder, check_rate, default_rate
 from shared.audio.wav import wav_bytes
 from shared.config import Settings
@@ -161,7 +161,7 @@ def speech_router(settings: Settings) -> APIRouter:
 async def _speak(request: Request, hub: Hub) -> Response:
     settings = hub.settings
     req = _parse(await _body(request, settings), settings)
-    if not _SPEAKABLE.search(req.input):
+    if not speakable(req.input):
         raise HTTPError(
             400,
             "input has nothing to speak (only spaces, punctuation or symbols)",

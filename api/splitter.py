@@ -136,6 +136,12 @@ _CONTROL: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
 _STOPS_NONE: Final = re.compile(r"(?!)")  # matches nothing: only the length rule cuts
 
 
+def speakable(text: str) -> bool:
+    """Whether `text` has anything to speak: a letter or digit (not only spaces, punctuation
+    or symbols)."""
+    return _SPEAKABLE.search(text) is not None
+
+
 def _run_len(s: str, p: int, ch: str) -> int:
     q = p
     while q < len(s) and s[q] == ch:

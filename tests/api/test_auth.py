@@ -422,8 +422,8 @@ async def test_no_or_wrong_key_is_refused_1008(
 ) -> None:
     async with start_pipeline(redis_url, key_prefix, api_keys=KEYS) as p:
         async with connect(p, key=key, form=form) as c:
-            # The token subprotocol is selected even on refusal, or a browser sees no reason.
-            assert c.ws.subprotocol == ("token" if form == "subprotocol" else None)
+            # An offered subprotocol is selected even on refusal, or a browser sees no reason.
+            assert c.ws.subprotocol == ("token" if form == "subprotocol" else "voxline.v1")
             await _refused(c, "unauthorized", 1008)
             assert c.ws.close_reason and "key" in c.ws.close_reason
         assert p.total("taken") == 0 and not _key_sessions(p).count("alpha")

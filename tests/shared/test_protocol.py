@@ -76,7 +76,8 @@ def test_config_defaults() -> None:
         ({"language": "fr"}, "language"),
         ({"word_timestamps": True}, "word_timestamps"),
         ({"task_type": "Base"}, "task_type"),
-        ({"ref_text": "hello"}, "ref_text"),
+        ({"ref_audio": "UklG"}, "ref_audio"),  # whose voice: refused, never ignored
+        ({"speaker_embedding": [0.5] * 4}, "speaker_embedding"),
         ({"model": "other"}, "model"),
         ({"response_format": "pcm", "stream_audio": True, "extra": 1}, "extra"),
         ({"sample_rate": 16000.5}, "sample_rate"),
@@ -106,7 +107,27 @@ def test_config_the_engine_honours() -> None:
         ENGINE,
     )
     assert config.speed == 2.0
-    assert config.extra_fields() == {"instructions": "calm"}
+    assert config.extra_fields(ENGINE.extra_fields) == {"instructions": "calm"}
+    assert config.ignored_hints(ENGINE.extra_fields) == []
+
+
+def test_hints_the_engine_cannot_honour_are_accepted_and_named() -> None:
+    """vllm-omni's generation hints pass (a warning names each); none reaches the engine."""
+    hints = {"seed": 7, "max_new_tokens": 10, "initial_codec_chunk_frames": 0, "ref_text": "hi"}
+    config = parse_config({"type": "session.config", **hints}, ENGINE)
+    assert set(config.ignored_hints(ENGINE.extra_fields)) == set(hints)
+    assert config.extra_fields(ENGINE.extra_fields) == {}
+
+
+def test_null_is_the_default_and_speaker_is_voice() -> None:
+    config = parse_config(
+        {"type": "session.config", "speed": None, "response_format": None, "speaker": "de"},
+        ENGINE,
+    )
+    assert (config.speed, config.response_format, config.voice) == (1.0, "wav", "de")
+    with pytest.raises(ProtocolError) as caught:
+        parse_config({"type": "session.config", "voice": "de", "speaker": "en"}, ENGINE)
+    assert caught.value.field == "speaker"
 
 
 def test_cloning_needs_its_reference_clip() -> None:
@@ -117,4 +138,4 @@ def test_cloning_needs_its_reference_clip() -> None:
     config = parse_config(
         {"type": "session.config", "task_type": "Base", "ref_audio": "UklG"}, cloner
     )
-    assert config.extra_fields() == {"ref_audio": "UklG"}
+    assert config.extra_fields(cloner.extra_fields) == {"ref_audio": "UklG"}

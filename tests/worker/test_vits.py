@@ -431,7 +431,8 @@ async def test_session_end_to_end(
         redis_url, key_prefix, engine="vits", engine_options=options, concurrency=3
     ) as pipeline:
         async with Client.connect(pipeline) as client:
-            await client.send("session.config", response_format="pcm")
+            # At the model's own rate (PCM's default is 24 kHz): the bytes are the engine's.
+            await client.send("session.config", response_format="pcm", sample_rate=SAMPLING_RATE)
             ready = await client.expect("session.ready")
             assert (ready["engine"], ready["voice"]) == ("vits", "default")
             assert ready["sample_rate"] == SAMPLING_RATE
