@@ -258,8 +258,9 @@ def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
         "--engine",
         default=default,
-        help="espeak, pocket-tts, vits or tone; vits defaults to MMS-TTS (facebook/mms-tts-eng), "
-        f"whose weights are CC-BY-NC-4.0: non-commercial use only (default: {default})",
+        help="espeak, kokoro, pocket-tts, vits or tone; vits defaults to MMS-TTS "
+        "(facebook/mms-tts-eng), whose weights are CC-BY-NC-4.0: non-commercial use only "
+        f"(default: {default})",
     )
     parser.add_argument(
         "--model",

@@ -758,6 +758,7 @@ def _request(job: Job) -> SynthesisRequest:
         speed=job.speed,
         word_timestamps=job.word_timestamps,
         extra=job.extra,
+        opens_utterance=job.sentence == 0,
     )
 
 

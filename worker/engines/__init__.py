@@ -12,6 +12,7 @@ ENGINES: dict[str, str] = {
     "tone": "worker.engines.tone:ToneEngine",
     "vits": "worker.engines.vits:VitsEngine",
     "pocket-tts": "worker.engines.pocket.engine:PocketTTSEngine",
+    "kokoro": "worker.engines.kokoro.engine:KokoroEngine",
 }
 
 

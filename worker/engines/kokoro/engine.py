@@ -1,0 +1,265 @@
+"""Kokoro-82M on ONNX Runtime: a neural voice that runs on CPU.
+
+kokoro-onnx does the parts it does well and is used for them: the vocabulary, espeak-ng
+phonemization (under its own lock: espeak-ng is process-global state) and one span's
+synthesis (`Kokoro.create`, which trims the model's edge silence). Its `create_stream` is
+not used: it cuts by phoneme count, not where a listener can wait, and offers no cancel
+between spans. Here instead:
+
+- Spans. Kokoro makes a whole span per call, so first audio waits for the whole span. The
+  first sentence of an utterance, when longer than `first_span_chars`, is made in two spans:
+  up to its first clause mark (`,;:` or a dash) at least `MIN_HEAD_CHARS` in, then the rest.
+  Later sentences are one span (better prosody; they are made while earlier ones play).
+- Chunks. A span's audio goes out in `chunk_ms` pieces as soon as the span exists; cancel is
+  checked between chunks and before each span, so it stops within one chunk (the span being
+  computed when the cancel comes is finished and dropped: ONNX Runtime cannot stop a run).
+- Joins. Each span is faded in and out over `FADE_MS` (its trimmed edges need not sit at
+  zero) and the spans are separated by the clause pause kokoro-onnx uses (0.1 s): no step
+  beyond the signal's own at a join, no gap longer than a comma's.
+- Concurrency. `streams` sentences at once, each on one of as many ONNX Runtime sessions run
+  from a thread pool (a session run holds no GIL). `capacity()` is `streams` until measured,
+  then as many streams as the measured real-time factor keeps faster than real time.
+- Voices and languages. Voice names come from the voices file. A voice's first letter picks
+  the espeak-ng language of its phonemes (a: en-us, b: en-gb, e: es, f: fr-fr, h: hi, i: it,
+  p: pt-br, z: cmn); the Japanese tables (j) get English phonemes, since a Japanese
+  grapheme-to-phoneme step (misaki) is not part of this engine — voxline's use is English.
+  A request's `language` (en, en-us, en-gb) overrides it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from shared.capabilities import EngineInfo
+from worker.engines.base import AudioChunk, Cancellation, Engine, EngineError, SynthesisRequest
+from worker.engines.kokoro.loading import KokoroMissing, load_voices, resolve
+
+log = logging.getLogger("voxline.worker.kokoro")
+
+SAMPLE_RATE = 24000
+SPEED_RANGE = (0.5, 2.0)  # what Kokoro's graph is exported for
+# The voice the offline recognizer understood best in English among the PyPI tables
+# (pocketsphinx word error rate on 20 sentences: jm_kumo 0.24, jf_alpha 0.59; espeak 0.86).
+PREFERRED_VOICE = "jm_kumo"
+FADE_MS = 4
+JOIN_PAUSE_S = 0.1
+MIN_HEAD_CHARS = 12
+_CLAUSE = re.compile(r"[,;:]\s|\s[-–—]\s")  # noqa: RUF001 (the dashes are meant)
+_LANG_OF_PREFIX = {
+    "a": "en-us",
+    "b": "en-gb",
+    "e": "es",
+    "f": "fr-fr",
+    "h": "hi",
+    "i": "it",
+    "p": "pt-br",
+    "z": "cmn",
+}
+_REQUEST_LANG = {"en": "en-us", "English": "en-us", "en-us": "en-us", "en-gb": "en-gb"}
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def split_first(text: str, first_span_chars: int) -> list[str]:
+    """The spans of an utterance's first sentence: two when it is long and has a clause mark
+    far enough in, else the sentence whole."""
+    if len(text) <= first_span_chars:
+        return [text]
+    for match in _CLAUSE.finditer(text):
+        cut = match.start() + 1 if text[match.start()] in ",;:" else match.start()
+        head, tail = text[:cut].strip(), text[match.end() :].strip()
+        if len(head) >= MIN_HEAD_CHARS and tail:
+            return [head, tail]
+    return [text]
+
+
+def voice_language(voice: str) -> str:
+    return _LANG_OF_PREFIX.get(voice[:1], "en-us")
+
+
+def _faded(audio: np.ndarray) -> np.ndarray:
+    n = min(int(SAMPLE_RATE * FADE_MS / 1000), len(audio) // 2)
+    if n > 0:
+        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+        audio = audio.copy()
+        audio[:n] *= ramp
+        audio[-n:] *= ramp[::-1]
+    return audio
+
+
+def _pcm(audio: np.ndarray) -> np.ndarray:
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+class KokoroEngine(Engine):
+    OPTIONS = {
+        "model": str,
+        "voices": str,
+        "streams": _positive,
+        "threads": _positive,
+        "chunk_ms": _positive,
+        "first_span_chars": _positive,
+    }
+
+    def __init__(
+        self,
+        model: str | None = None,
+        voices: str | None = None,
+        streams: int = 2,
+        threads: int | None = None,
+        chunk_ms: int = 100,
+        first_span_chars: int = 60,
+    ) -> None:
+        self.model_option, self.voices_option = model, voices
+        self.streams = streams
+        self.threads = threads or max(1, (os.cpu_count() or 1) // streams)
+        self.chunk_samples = SAMPLE_RATE * chunk_ms // 1000
+        self.first_span_chars = first_span_chars
+        self._kokoros: asyncio.Queue[Any] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._info: EngineInfo | None = None
+        self._rtf: float | None = None  # measured at start, seconds of work per second made
+        self.stats = {"spans": 0, "cancelled": 0}
+
+    @property
+    def info(self) -> EngineInfo:  # type: ignore[override]
+        if self._info is None:
+            raise RuntimeError("kokoro: start() has not run")
+        return self._info
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="kokoro")
+        try:
+            resolved = resolve(self.model_option, self.voices_option)
+            tables = load_voices(resolved.voices)
+            kokoros = await loop.run_in_executor(self._pool, self._load, resolved, tables)
+        except KokoroMissing:
+            self._pool.shutdown(wait=False)
+            raise
+        self._kokoros = asyncio.Queue()
+        for kokoro in kokoros:
+            self._kokoros.put_nowait(kokoro)
+        voices = tuple(sorted(tables))
+        default = PREFERRED_VOICE if PREFERRED_VOICE in tables else voices[0]
+        self._info = EngineInfo(
+            name="kokoro",
+            sample_rate=SAMPLE_RATE,
+            voices=voices,
+            default_voice=default,
+            languages=tuple(_REQUEST_LANG),
+            speed_range=SPEED_RANGE,
+            voice_languages=tuple((v, (voice_language(v),)) for v in voices),
+        )
+        # A warm-up span builds ONNX Runtime's kernels; a second one's speed tells how many
+        # streams stay real time.
+        await self._span("Hello.", default, 1.0, "en-us")
+        began = time.perf_counter()
+        audio = await self._span("The weather is nice today.", default, 1.0, "en-us")
+        self._rtf = (time.perf_counter() - began) / max(len(audio) / SAMPLE_RATE, 1e-3)
+        log.info(
+            "kokoro: %s, voices %s (%d), %d streams x %d threads, warm-up real-time factor %.2f",
+            resolved.source,
+            resolved.voices,
+            len(voices),
+            self.streams,
+            self.threads,
+            self._rtf,
+        )
+
+    def _load(self, resolved: Any, tables: dict[str, np.ndarray]) -> list[Any]:
+        import onnxruntime as ort  # noqa: PLC0415 (the optional extra, only when chosen)
+        from kokoro_onnx import Kokoro  # noqa: PLC0415
+
+        providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
+        providers.append("CPUExecutionProvider")
+        kokoros = []
+        for _ in range(self.streams):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            try:
+                session = ort.InferenceSession(
+                    str(resolved.model), sess_options=options, providers=providers
+                )
+            except Exception as exc:  # onnxruntime raises its own classes
+                raise KokoroMissing(
+                    f"model {resolved.model}: not a Kokoro ONNX model ({exc})"
+                ) from None
+            kokoro = Kokoro.from_session(session, str(resolved.voices))
+            kokoro.voices = tables  # checked above; np.load's lazy file would be re-read per call
+            kokoros.append(kokoro)
+        return kokoros
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def capacity(self) -> int | None:
+        if self._rtf is None:
+            return self.streams
+        # Streams share the cores: n at once each run about n times slower.
+        return max(1, min(self.streams, math.floor(0.8 / max(self._rtf, 1e-3))))
+
+    async def _span(self, text: str, voice: str, speed: float, lang: str) -> np.ndarray:
+        assert self._kokoros is not None and self._pool is not None
+        kokoro = await self._kokoros.get()
+        try:
+            loop = asyncio.get_running_loop()
+            audio, _ = await loop.run_in_executor(
+                self._pool, lambda: kokoro.create(text, voice, speed=speed, lang=lang)
+            )
+        finally:
+            self._kokoros.put_nowait(kokoro)
+        self.stats["spans"] += 1
+        return np.asarray(audio, dtype=np.float32)
+
+    async def synthesize(
+        self, request: SynthesisRequest, cancel: Cancellation
+    ) -> AsyncIterator[AudioChunk]:
+        info = self.info
+        if request.voice not in info.voices:
+            raise EngineError(f"kokoro has no voice {request.voice!r}")
+        if not SPEED_RANGE[0] <= request.speed <= SPEED_RANGE[1]:
+            raise EngineError(f"kokoro speaks at speed {SPEED_RANGE[0]}..{SPEED_RANGE[1]}")
+        lang = _REQUEST_LANG.get(request.language) or voice_language(request.voice)
+        spans = (
+            split_first(request.text, self.first_span_chars)
+            if request.opens_utterance
+            else [request.text]
+        )
+        for i, span in enumerate(spans):
+            if cancel.is_set():
+                self.stats["cancelled"] += 1
+                return
+            try:
+                audio = await self._span(span, request.voice, request.speed, lang)
+            except ValueError as exc:  # kokoro-onnx: nothing it can phonemize, bad voice
+                raise EngineError(f"kokoro: {exc}") from None
+            if len(spans) > 1:
+                audio = _faded(audio)
+                if i < len(spans) - 1:
+                    pause = np.zeros(int(SAMPLE_RATE * JOIN_PAUSE_S), dtype=np.float32)
+                    audio = np.concatenate([audio, pause])
+            pcm = _pcm(audio)
+            for start in range(0, len(pcm), self.chunk_samples):
+                if cancel.is_set():
+                    self.stats["cancelled"] += 1
+                    return
+                yield AudioChunk(pcm[start : start + self.chunk_samples])
