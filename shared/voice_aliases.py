@@ -22,8 +22,10 @@ marin   en-us          tone-high (default) fantine
 cedar   en             tone-low  (default) marius
 ======= ============== ========= ========= ==========
 
-Defaults: espeak ``en-us``, tone ``tone-mid``, pocket-tts ``alba``; vits (and any other
-engine) its own default voice (a single-speaker model's only voice, else ``speaker-0``).
+kokoro: ``jf_alpha`` for coral, nova, shimmer and marin, ``jm_kumo`` for the others.
+
+Defaults: espeak ``en-us``, tone ``tone-mid``, pocket-tts ``alba``, kokoro ``jm_kumo``;
+vits (and any other engine) its own default voice (a single-speaker model's only voice, else ``speaker-0``).
 
 The setting ``voice_aliases`` (``VOXLINE_VOICE_ALIASES``), e.g. ``alloy=en-us,Vivian=en``,
 is merged over the table: it re-points an OpenAI name or adds a name of its own. An alias
@@ -55,7 +57,12 @@ OPENAI_VOICES: tuple[str, ...] = (
 )
 
 # An OpenAI name the engine's table leaves out maps to this voice (absent: the engine's own).
-DEFAULTS: dict[str, str] = {"espeak": "en-us", "tone": "tone-mid", "pocket-tts": "alba"}
+DEFAULTS: dict[str, str] = {
+    "espeak": "en-us",
+    "tone": "tone-mid",
+    "pocket-tts": "alba",
+    "kokoro": "jm_kumo",
+}
 
 TABLE: dict[str, dict[str, str]] = {
     # espeak-ng's English voices: "en" is British, en-gb-x-rp Received Pronunciation.
@@ -83,6 +90,9 @@ TABLE: dict[str, dict[str, str]] = {
         "marin": "tone-high",
         "cedar": "tone-low",
     },
+    # The PyPI voice tables: OpenAI's brighter voices the female jf_alpha, the rest jm_kumo
+    # (the one the recognizer understands best). Another voices file drops what it lacks.
+    "kokoro": {"coral": "jf_alpha", "nova": "jf_alpha", "shimmer": "jf_alpha", "marin": "jf_alpha"},
     # Kyutai's shipped pocket-tts voices; a checkpoint without some of them drops those.
     "pocket-tts": {
         "ash": "marius",

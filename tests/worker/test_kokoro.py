@@ -155,3 +155,15 @@ async def test_a_session_speaks_through_the_pipeline(redis_url: str, key_prefix:
     assert done["total_sentences"] == 2
     assert all(s.audio and not s.errors for s in sentences)
     assert sentences[0].start["sample_rate"] == 24000
+
+
+def test_openai_names_resolve_to_the_shipped_voices() -> None:
+    from shared.capabilities import EngineInfo
+    from shared.voice_aliases import aliases_for
+
+    voices = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+    info = EngineInfo("kokoro", SAMPLE_RATE, voices, "jm_kumo")
+    kept, dropped = aliases_for(info, {})
+    assert dropped == []
+    table = dict(kept)
+    assert table["alloy"] == "jm_kumo" and table["nova"] == "jf_alpha"
