@@ -25,7 +25,8 @@ cedar   en             tone-low  (default) marius
 kokoro: ``jf_alpha`` for coral, nova, shimmer and marin, ``jm_kumo`` for the others.
 
 Defaults: espeak ``en-us``, tone ``tone-mid``, pocket-tts ``alba``, kokoro ``jm_kumo``;
-vits (and any other engine) its own default voice (a single-speaker model's only voice, else ``speaker-0``).
+vits (and any other engine) its own default voice (a single-speaker model's only voice,
+else ``speaker-0``).
 
 The setting ``voice_aliases`` (``VOXLINE_VOICE_ALIASES``), e.g. ``alloy=en-us,Vivian=en``,
 is merged over the table: it re-points an OpenAI name or adds a name of its own. An alias
