@@ -22,7 +22,7 @@ marin   en-us          tone-high (default) fantine
 cedar   en             tone-low  (default) marius
 ======= ============== ========= ========= ==========
 
-kokoro: ``jf_alpha`` for coral, nova, shimmer and marin, ``jm_kumo`` for the others.
+kokoro: ``jf_gongitsune`` for coral, nova, shimmer and marin, ``jm_kumo`` for the others.
 
 Defaults: espeak ``en-us``, tone ``tone-mid``, pocket-tts ``alba``, kokoro ``jm_kumo``;
 vits (and any other engine) its own default voice (a single-speaker model's only voice,
@@ -91,9 +91,15 @@ TABLE: dict[str, dict[str, str]] = {
         "marin": "tone-high",
         "cedar": "tone-low",
     },
-    # The PyPI voice tables: OpenAI's brighter voices the female jf_alpha, the rest jm_kumo
-    # (the one the recognizer understands best). Another voices file drops what it lacks.
-    "kokoro": {"coral": "jf_alpha", "nova": "jf_alpha", "shimmer": "jf_alpha", "marin": "jf_alpha"},
+    # The PyPI voice tables: OpenAI's brighter voices the female voice the recognizer
+    # understands best (jf_gongitsune), the rest jm_kumo, the best of all (bench/voices.py).
+    # Another voices file drops what it lacks.
+    "kokoro": {
+        "coral": "jf_gongitsune",
+        "nova": "jf_gongitsune",
+        "shimmer": "jf_gongitsune",
+        "marin": "jf_gongitsune",
+    },
     # Kyutai's shipped pocket-tts voices; a checkpoint without some of them drops those.
     "pocket-tts": {
         "ash": "marius",

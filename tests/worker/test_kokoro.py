@@ -166,4 +166,4 @@ def test_openai_names_resolve_to_the_shipped_voices() -> None:
     kept, dropped = aliases_for(info, {})
     assert dropped == []
     table = dict(kept)
-    assert table["alloy"] == "jm_kumo" and table["nova"] == "jf_alpha"
+    assert table["alloy"] == "jm_kumo" and table["nova"] == "jf_gongitsune"

@@ -48,8 +48,9 @@ log = logging.getLogger("voxline.worker.kokoro")
 
 SAMPLE_RATE = 24000
 SPEED_RANGE = (0.5, 2.0)  # what Kokoro's graph is exported for
-# The voice the offline recognizer understood best in English among the PyPI tables
-# (pocketsphinx word error rate on 20 sentences: jm_kumo 0.24, jf_alpha 0.59; espeak 0.86).
+# The voice the offline recognizer understands best in English among the PyPI tables
+# (bench/voices.py, pocketsphinx word error rate on 20 sentences: jm_kumo 0.115,
+# jf_gongitsune 0.129, jf_nezumi 0.187, jf_tebukuro 0.518, jf_alpha 0.633; espeak 0.928).
 PREFERRED_VOICE = "jm_kumo"
 FADE_MS = 4
 JOIN_PAUSE_S = 0.1
