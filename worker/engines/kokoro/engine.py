@@ -17,7 +17,9 @@ between spans. Here instead:
   zero) and the spans are separated by the clause pause kokoro-onnx uses (0.1 s): no step
   beyond the signal's own at a join, no gap longer than a comma's.
 - Concurrency. `streams` sentences at once, each on one of as many ONNX Runtime sessions run
-  from a thread pool (a session run holds no GIL). `capacity()` is `streams` until measured,
+  from a thread pool (a session run holds no GIL), the cores split between them. Default 1
+  with every core: on 2 cores it gave 1.9x real time against 1.3x for 2 streams of one
+  thread each (bench/kokoro.py, docs/benchmarks.md). `capacity()` is `streams` until measured,
   then as many streams as the measured real-time factor keeps faster than real time.
 - Voices and languages. Voice names come from the voices file. A voice's first letter picks
   the espeak-ng language of its phonemes (a: en-us, b: en-gb, e: es, f: fr-fr, h: hi, i: it,
@@ -121,7 +123,7 @@ class KokoroEngine(Engine):
         self,
         model: str | None = None,
         voices: str | None = None,
-        streams: int = 2,
+        streams: int = 1,
         threads: int | None = None,
         chunk_ms: int = 100,
         first_span_chars: int = 60,
