@@ -496,7 +496,7 @@ class connect:  # noqa: N801 (used like a function, as websockets.connect is)
                     # A server refusing the connection (a bad key) may have closed it already;
                     # its error message is still read below.
                     await ws.send(json.dumps(self.config))
-                ready = await _first_message(ws)
+                ready = await first_message(ws)
             except BaseException:
                 await ws.close()
                 raise
@@ -516,7 +516,8 @@ class connect:  # noqa: N801 (used like a function, as websockets.connect is)
             await self._client.aclose()
 
 
-async def _first_message(ws: websockets.ClientConnection) -> dict[str, Any]:
+async def first_message(ws: websockets.ClientConnection) -> dict[str, Any]:
+    """The server's answer to `session.config`: its `session.ready`, else `VoxlineError`."""
     try:
         frame = await ws.recv()
     except websockets.ConnectionClosed as exc:

@@ -80,6 +80,7 @@ from voxline.client import (
     VoxlineError,
     Words,
     connect,
+    first_message,
 )
 
 __all__ = ["VoxlineTTSService", "language_candidates"]
@@ -307,7 +308,7 @@ class VoxlineTTSService(WebsocketTTSService):
                     # A server refusing the connection (a bad key) may have closed it already;
                     # its error message is still read below.
                     await ws.send(json.dumps(opener.config))
-                ready = await _ready(ws)
+                ready = await first_message(ws)
             except BaseException:
                 await ws.close()
                 raise
@@ -474,23 +475,3 @@ class VoxlineTTSService(WebsocketTTSService):
         if self.audio_context_available(context_id):
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)
-
-
-async def _ready(ws: websockets.ClientConnection) -> dict[str, Any]:
-    """The server's answer to `session.config`: its `session.ready`, else `VoxlineError`."""
-    try:
-        frame = await ws.recv()
-    except websockets.ConnectionClosed as exc:
-        close = exc.rcvd
-        shown = f"{close.code} {close.reason}".strip() if close is not None else "no close frame"
-        raise VoxlineError(
-            "connection_closed",
-            f"the server closed the connection: {shown}",
-            close_code=close.code if close is not None else None,
-        ) from None
-    message = json.loads(frame) if isinstance(frame, str) else {}
-    if message.get("type") == "error":
-        raise VoxlineError.from_message(message)
-    if message.get("type") != "session.ready":
-        raise VoxlineError("protocol_error", f"expected session.ready, got {message!r:.200}")
-    return message
