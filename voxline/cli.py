@@ -404,8 +404,13 @@ def _run_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         heartbeat_file=args.heartbeat_file,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        runtime.run(_until_signal(worker.run()))
+    from worker.engines.base import EngineUnavailable
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runtime.run(_until_signal(worker.run()))
+    except EngineUnavailable as exc:
+        raise SystemExit(f"voxline worker: {exc}") from None
     return 0
 
 
@@ -473,7 +478,13 @@ def _run_http(args: argparse.Namespace) -> int:
             ready = asyncio.create_task(worker.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
-                task.result()  # the worker failed to start: say why, loudly
+                from worker.engines.base import EngineUnavailable
+
+                try:
+                    task.result()  # the worker failed to start: say why, loudly
+                except EngineUnavailable as exc:
+                    logging.getLogger("voxline").error("voxline serve: %s", exc)
+                    raise
             # The batch process too, so the batch routes work in the embedded mode.
             arq = asyncio.create_task(run_arq(settings), name="arq")
             arq.add_done_callback(_report_arq_end)

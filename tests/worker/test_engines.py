@@ -9,7 +9,7 @@ from worker.engines.tone import ToneEngine
 
 
 def test_the_registry_names_the_engines() -> None:
-    assert set(ENGINES) == {"espeak", "kokoro", "pocket-tts", "tone", "vits"}
+    assert set(ENGINES) == {"espeak", "kokoro", "pocket-tts", "tone", "upstream", "vits"}
     assert isinstance(load_engine("tone"), ToneEngine)
     assert isinstance(load_engine("espeak"), EspeakEngine)
     assert all(isinstance(load_engine(name), Engine) for name in ENGINES)

@@ -13,6 +13,7 @@ ENGINES: dict[str, str] = {
     "vits": "worker.engines.vits:VitsEngine",
     "pocket-tts": "worker.engines.pocket.engine:PocketTTSEngine",
     "kokoro": "worker.engines.kokoro.engine:KokoroEngine",
+    "upstream": "worker.engines.upstream.engine:UpstreamEngine",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import unicodedata
@@ -49,22 +50,51 @@ class SynthesisRequest:
 
 
 class Cancellation:
-    """A flag set from the event loop and read between chunks, also from a synthesis thread."""
+    """A flag set from the event loop and read between chunks, also from a synthesis thread.
 
-    __slots__ = ("_event",)
+    `wait()` lets an engine that waits on something else (a remote server) stop at once
+    instead of at its next chunk."""
+
+    __slots__ = ("_event", "_waiters")
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def set(self) -> None:
         self._event.set()
+        for loop, waiter in list(self._waiters):
+            loop.call_soon_threadsafe(_wake, waiter)
 
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    async def wait(self) -> None:
+        """Return once the flag is set."""
+        loop = asyncio.get_running_loop()
+        entry = (loop, loop.create_future())
+        self._waiters.append(entry)
+        try:
+            # Checked after registering: a set() in between has either seen the waiter or
+            # set the flag before this check.
+            if not self._event.is_set():
+                await entry[1]
+        finally:
+            self._waiters.remove(entry)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
 
 class EngineError(Exception):
     """Synthesis of one request failed; the message is safe to show the client."""
+
+
+class EngineUnavailable(RuntimeError):
+    """`start()` cannot serve with what was configured (a missing model, voices file or
+    upstream); the message says what is wrong and what to do, and is all the operator sees."""
 
 
 class Engine(ABC):

