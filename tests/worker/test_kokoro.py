@@ -86,6 +86,7 @@ async def test_the_default_voice_is_understood(engine: KokoroEngine) -> None:
 async def test_spans_join_without_a_click(engine: KokoroEngine) -> None:
     """The two spans of a long first sentence: the largest sample step around the join is no
     larger than the same text's ordinary steps when made in one call."""
+    engine.pace = None  # the cut without the machine's pace: always the first clause
     joined = (await speak(engine, LONG_FIRST, opens_utterance=True)).astype(np.int32)
     whole = (await speak(engine, LONG_FIRST)).astype(np.int32)
     assert engine.stats["spans"] >= 2
@@ -106,6 +107,7 @@ async def test_spans_join_without_a_click(engine: KokoroEngine) -> None:
 
 
 async def test_cancel_stops_within_one_span(engine: KokoroEngine) -> None:
+    engine.pace = None  # two spans whatever this machine's speed
     cancel = Cancellation()
     before = engine.stats["spans"]
     chunks = 0
@@ -115,6 +117,35 @@ async def test_cancel_stops_within_one_span(engine: KokoroEngine) -> None:
         cancel.set()
     assert chunks == 1
     assert engine.stats["spans"] - before == 1, "the second span was made after the cancel"
+
+
+async def test_the_first_cut_follows_the_measured_pace(engine: KokoroEngine) -> None:
+    pace = engine.pace
+    assert pace is not None and pace.rtf > 0 and pace.overhead_s >= 0
+    before = pace.seconds_per_char
+    await speak(engine, "A sentence of some length, to be timed.")
+    assert pace.seconds_per_char != before  # each span refines the estimate
+    # On a machine this fast the first clause is cut; on one this slow, nothing is.
+    pace.overhead_s, pace.rtf = 0.01, 0.05
+    assert len(split_first(LONG_FIRST, 60, pace)) == 2
+    pace.overhead_s, pace.rtf = 1.0, 2.0
+    before = engine.stats["spans"]
+    await speak(engine, LONG_FIRST, opens_utterance=True)
+    assert engine.stats["spans"] - before == 1
+
+
+async def test_word_timestamps_are_refused_not_ignored(
+    engine: KokoroEngine, redis_url: str, key_prefix: str
+) -> None:
+    from worker.engines.base import EngineError
+
+    assert engine.info.word_timestamps is False
+    with pytest.raises(EngineError, match="cannot time words"):
+        await speak(engine, "Hi.", word_timestamps=True)
+    async with start_pipeline(redis_url, key_prefix, engine="kokoro") as p:
+        async with Client.connect(p, {"word_timestamps": True}, ready=False) as c:
+            error = await c.expect("error")
+    assert error["code"] == "invalid_config" and "word_timestamps" in error["message"]
 
 
 async def test_bad_voice_and_speed_fail_the_sentence(engine: KokoroEngine) -> None:

@@ -8,8 +8,10 @@ between spans. Here instead:
 
 - Spans. Kokoro makes a whole span per call, so first audio waits for the whole span. The
   first sentence of an utterance, when longer than `first_span_chars`, is made in two spans:
-  up to its first clause mark (`,;:` or a dash) at least `MIN_HEAD_CHARS` in, then the rest.
-  Later sentences are one span (better prosody; they are made while earlier ones play).
+  up to a clause mark (`,;:` or a dash) at least `MIN_HEAD_CHARS` in, then the rest. The
+  mark is the first whose rest this machine can make while the head plays (its measured
+  pace, `pace.py`); when none is, the sentence stays whole. Later sentences are one span
+  (better prosody; they are made while earlier ones play).
 - Chunks. A span's audio goes out in `chunk_ms` pieces as soon as the span exists; cancel is
   checked between chunks and before each span, so it stops within one chunk (the span being
   computed when the cancel comes is finished and dropped: ONNX Runtime cannot stop a run).
@@ -45,6 +47,7 @@ import numpy as np
 from shared.capabilities import EngineInfo
 from worker.engines.base import AudioChunk, Cancellation, Engine, EngineError, SynthesisRequest
 from worker.engines.kokoro.loading import KokoroMissing, load_voices, resolve
+from worker.engines.kokoro.pace import Pace
 
 log = logging.getLogger("voxline.worker.kokoro")
 
@@ -57,6 +60,7 @@ PREFERRED_VOICE = "jm_kumo"
 FADE_MS = 4
 JOIN_PAUSE_S = 0.1
 MIN_HEAD_CHARS = 12
+MAX_STALL_S = 0.15  # the longest wait for the second span the cut may risk
 _CLAUSE = re.compile(r"[,;:]\s|\s[-–—]\s")  # noqa: RUF001 (the dashes are meant)
 _LANG_OF_PREFIX = {
     "a": "en-us",
@@ -78,15 +82,27 @@ def _positive(raw: str) -> int:
     return value
 
 
-def split_first(text: str, first_span_chars: int) -> list[str]:
+def split_first(
+    text: str, first_span_chars: int, pace: Pace | None = None, speed: float = 1.0
+) -> list[str]:
     """The spans of an utterance's first sentence: two when it is long and has a clause mark
-    far enough in, else the sentence whole."""
+    far enough in, else the sentence whole.
+
+    With `pace` (the machine's measured speed), the cut is the first clause mark whose tail
+    can be made while the head plays (its audio, the join pause and `MAX_STALL_S`): on a fast
+    machine that is the first clause, on a slow one a later one, and when none is the
+    sentence stays whole — a later start, rather than a stall mid-sentence."""
     if len(text) <= first_span_chars:
         return [text]
     for match in _CLAUSE.finditer(text):
         cut = match.start() + 1 if text[match.start()] in ",;:" else match.start()
         head, tail = text[:cut].strip(), text[match.end() :].strip()
-        if len(head) >= MIN_HEAD_CHARS and tail:
+        if len(head) < MIN_HEAD_CHARS or not tail:
+            continue
+        if pace is None:
+            return [head, tail]
+        plays = pace.audio_s(len(head), speed) + JOIN_PAUSE_S + MAX_STALL_S
+        if pace.compute_s(len(tail), speed) <= plays:
             return [head, tail]
     return [text]
 
@@ -137,6 +153,7 @@ class KokoroEngine(Engine):
         self._pool: ThreadPoolExecutor | None = None
         self._info: EngineInfo | None = None
         self._rtf: float | None = None  # measured at start, seconds of work per second made
+        self.pace: Pace | None = None  # measured at start, then followed span by span
         self.stats = {"spans": 0, "cancelled": 0}
 
     @property
@@ -169,21 +186,30 @@ class KokoroEngine(Engine):
             speed_range=SPEED_RANGE,
             voice_languages=tuple((v, (voice_language(v),)) for v in voices),
         )
-        # A warm-up span builds ONNX Runtime's kernels; a second one's speed tells how many
+        # A warm-up span builds ONNX Runtime's kernels; a short and a longer one then give
+        # the machine's pace (fixed cost per span, cost per second of audio) and how many
         # streams stay real time.
         await self._span("Hello.", default, 1.0, "en-us")
-        began = time.perf_counter()
-        audio = await self._span("The weather is nice today.", default, 1.0, "en-us")
-        self._rtf = (time.perf_counter() - began) / max(len(audio) / SAMPLE_RATE, 1e-3)
+        timed = [await self._timed(t, default) for t in ("Hello.", "The weather is nice today.")]
+        self.pace = Pace.fitted(*timed)
+        self._rtf = timed[1][0] / max(timed[1][1], 1e-3)
         log.info(
-            "kokoro: %s, voices %s (%d), %d streams x %d threads, warm-up real-time factor %.2f",
+            "kokoro: %s, voices %s (%d), %d streams x %d threads, warm-up real-time factor "
+            "%.2f (%.0f ms per span + %.2f s per second of audio)",
             resolved.source,
             resolved.voices,
             len(voices),
             self.streams,
             self.threads,
             self._rtf,
+            self.pace.overhead_s * 1000,
+            self.pace.rtf,
         )
+
+    async def _timed(self, text: str, voice: str) -> tuple[float, float]:
+        began = time.perf_counter()
+        audio = await self._span(text, voice, 1.0, "en-us")
+        return time.perf_counter() - began, len(audio) / SAMPLE_RATE
 
     def _load(self, resolved: Any, tables: dict[str, np.ndarray]) -> list[Any]:
         import onnxruntime as ort  # noqa: PLC0415 (the optional extra, only when chosen)
@@ -225,12 +251,16 @@ class KokoroEngine(Engine):
         kokoro = await self._kokoros.get()
         try:
             loop = asyncio.get_running_loop()
+            began = time.perf_counter()
             audio, _ = await loop.run_in_executor(
                 self._pool, lambda: kokoro.create(text, voice, speed=speed, lang=lang)
             )
+            took = time.perf_counter() - began
         finally:
             self._kokoros.put_nowait(kokoro)
         self.stats["spans"] += 1
+        if self.pace is not None:
+            self.pace.observe(len(text), took, len(audio) / SAMPLE_RATE, speed)
         return np.asarray(audio, dtype=np.float32)
 
     async def synthesize(
@@ -239,11 +269,13 @@ class KokoroEngine(Engine):
         info = self.info
         if request.voice not in info.voices:
             raise EngineError(f"kokoro has no voice {request.voice!r}")
+        if request.word_timestamps:  # the front end refuses it first (info.word_timestamps)
+            raise EngineError("kokoro cannot time words: its ONNX export outputs audio only")
         if not SPEED_RANGE[0] <= request.speed <= SPEED_RANGE[1]:
             raise EngineError(f"kokoro speaks at speed {SPEED_RANGE[0]}..{SPEED_RANGE[1]}")
         lang = _REQUEST_LANG.get(request.language) or voice_language(request.voice)
         spans = (
-            split_first(request.text, self.first_span_chars)
+            split_first(request.text, self.first_span_chars, self.pace, request.speed)
             if request.opens_utterance
             else [request.text]
         )
