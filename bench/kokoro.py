@@ -50,8 +50,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one_session(url: str) -> tuple[float, float]:
-    """(seconds to first audio, seconds of audio) of one utterance."""
+class Player:
+    """A listener's playback clock: it starts at the first audio and plays each frame when it
+    has arrived; a frame arriving after the clock has run out of audio is a stall."""
+
+    def __init__(self) -> None:
+        self.clock: float | None = None
+        self.longest_stall = 0.0
+
+    def arrived(self, at: float, seconds: float) -> None:
+        if self.clock is None:
+            self.clock = at
+        elif at > self.clock:
+            self.longest_stall = max(self.longest_stall, at - self.clock)
+            self.clock = at
+        self.clock += seconds
+
+
+async def one_session(url: str) -> tuple[float, float, float]:
+    """(seconds to first audio, seconds of audio, longest playback stall) of one utterance."""
     async with websockets.connect(url, max_size=None, subprotocols=[EXTENSIONS]) as ws:
         config = {"type": "session.config", "response_format": "pcm", "stream_audio": True}
         await ws.send(json.dumps(config))
@@ -59,23 +76,28 @@ async def one_session(url: str) -> tuple[float, float]:
         began = time.perf_counter()
         await ws.send(json.dumps({"type": "input.text", "text": UTTERANCE}))
         await ws.send(json.dumps({"type": "input.done"}))
-        first, audio = None, 0
+        first, audio, player = None, 0, Player()
         while True:
             frame = await ws.recv()
             if isinstance(frame, bytes):
-                first = first if first is not None else time.perf_counter() - began
+                now = time.perf_counter() - began
+                first = first if first is not None else now
                 audio += len(frame)
+                player.arrived(now, len(frame) / 2 / SAMPLE_RATE)
             elif json.loads(frame)["type"] == "session.done":
                 break
     assert first is not None
-    return first, audio / 2 / 24000
+    return first, audio / 2 / SAMPLE_RATE, player.longest_stall
 
 
-async def pipeline(counts: list[int], streams: int) -> dict[int, dict[str, float]]:
+async def pipeline(
+    counts: list[int], streams: int, first_span_chars: int
+) -> dict[int, dict[str, float]]:
     settings = Settings(
         redis_url=f"memory://{uuid.uuid4().hex}", key_prefix="bench", max_sessions_per_client=0
     )
-    worker = Worker(settings, load_engine("kokoro", {"streams": str(streams)}), concurrency=streams)
+    options = {"streams": str(streams), "first_span_chars": str(first_span_chars)}
+    worker = Worker(settings, load_engine("kokoro", options), concurrency=streams)
     worker_task = asyncio.create_task(worker.run())
     await worker.ready.wait()
     config = uvicorn.Config(create_app(settings), port=0, log_level="warning", **WS_OPTIONS)
@@ -90,11 +112,14 @@ async def pipeline(counts: list[int], streams: int) -> dict[int, dict[str, float
         began = time.perf_counter()
         runs = await asyncio.gather(*(one_session(url) for _ in range(c)))
         wall = time.perf_counter() - began
-        firsts = [f for f, _ in runs]
+        firsts = [f for f, _, _ in runs]
         results[c] = {
             "first_p50_ms": round(statistics.median(firsts) * 1000),
             "first_p99_ms": round(pct(firsts, 0.99) * 1000),
-            "x_realtime": round(sum(a for _, a in runs) / wall, 2),
+            "x_realtime": round(sum(a for _, a, _ in runs) / wall, 2),
+            # after playback began: the longest wait for audio (a split sentence's second
+            # span, or the next sentence, arriving late)
+            "stall_max_ms": round(max(s for _, _, s in runs) * 1000),
         }
         print(f"pipeline  {c} sessions: {results[c]}", flush=True)
     server.should_exit = True
@@ -134,13 +159,21 @@ async def baseline(counts: list[int]) -> dict[int, dict[str, float]]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=1, help="kokoro streams of the worker")
+    parser.add_argument(
+        "--first-span-chars",
+        type=int,
+        default=60,
+        help="the engine's option: a first sentence longer than this may be cut (1000: never)",
+    )
+    parser.add_argument("--sessions", type=int, nargs="*", default=SESSIONS)
     args = parser.parse_args()
-    base = await baseline(SESSIONS)
-    piped = await pipeline(SESSIONS, args.streams)
-    for c in SESSIONS:
+    base = await baseline(args.sessions)
+    piped = await pipeline(args.sessions, args.streams, args.first_span_chars)
+    for c in args.sessions:
         ratio = base[c]["first_p99_ms"] / max(piped[c]["first_p99_ms"], 1)
         print(f"{c} sessions: first-audio p99 baseline/pipeline {ratio:.2f}x")
-    print(json.dumps({"streams": args.streams, "pipeline": piped, "baseline": base}))
+    figures = {"streams": args.streams, "first_span_chars": args.first_span_chars}
+    print(json.dumps({**figures, "pipeline": piped, "baseline": base}))
 
 
 if __name__ == "__main__":
