@@ -66,6 +66,9 @@ class _Running:
     task: asyncio.Task[None] | None = None
     token: Cancellation | None = None
     lost: bool = False  # another worker claimed it: stop, and do not acknowledge
+    # Acknowledged in the write that carried DONE: off the pending list while its task ends,
+    # which the refresh must not take for a claim by another worker.
+    acked: bool = False
     batch: bool = False  # a batch job's sentence (read from a batch stream)
 
 
@@ -410,7 +413,8 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                lost = await self._recovery.refresh(set(self._running))
+                held = {key for key, running in self._running.items() if not running.acked}
+                lost = await self._recovery.refresh(held)
                 unleased = await self._drop_orphans(unleased)
             except TRANSIENT_ERRORS as exc:
                 metrics.redis_error("refresh")
@@ -418,7 +422,7 @@ class Worker:
                 continue
             for key in lost:
                 running = self._running.get(key)
-                if running is None:
+                if running is None or running.acked:
                     continue  # finished meanwhile
                 log.warning("job %s was claimed by another worker; dropping it", key[1].decode())
                 running.lost = True
@@ -537,6 +541,7 @@ class Worker:
                 # The entry goes in the write that carries DONE: once the front end hears it,
                 # the job is off the stream (its next sentence never finds this one there).
                 if not running.lost:
+                    running.acked = True
                     pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
                     pipe.xdel(delivery.stream, delivery.entry_id)
 

@@ -358,3 +358,44 @@ async def test_batch_sentences_wait_for_real_time_ones_and_keep_to_their_share(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await redis.aclose()
+
+
+async def test_a_job_acknowledged_with_its_done_is_never_taken_for_lost(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Between the write that carries DONE (and the acknowledgement) and the end of its task,
+    a job is off the pending list but still running here: the refresh must not read that as
+    another worker having claimed it (a false warning, and its counts filed as lost)."""
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    queue = JobQueue(redis, keys, maxlen=1000, session_ttl=60)
+    settings = Settings(redis_url=redis_url, key_prefix=key_prefix, claim_idle=0.08)
+    worker = Worker(settings, ToneEngine(), concurrency=1)
+    # The moment after DONE, held open for several refresh rounds (one every 20 ms).
+    settle, release = worker._settle, asyncio.Event()
+
+    async def slow_settle(*args: object) -> None:
+        await release.wait()
+        await settle(*args)  # type: ignore[arg-type]
+
+    worker._settle = slow_settle  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 10)
+        await redis.set(keys.lease("sess"), b"1")
+        async with listen(redis_url, keys.audio_channel("sess")) as events:
+            await queue.enqueue(_job(0))
+            assert (await _until_done(events))[-1].kind is EventKind.DONE
+        assert await pending_jobs(redis, keys) == 0  # acknowledged with DONE
+        await asyncio.sleep(0.2)
+        release.set()
+        for _ in range(100):
+            if worker.stats.get("completed", 0) + worker.stats.get("lost", 0):
+                break
+            await asyncio.sleep(0.01)
+        assert worker.stats.get("lost", 0) == 0 and worker.stats["completed"] == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()

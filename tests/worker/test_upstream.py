@@ -226,6 +226,76 @@ async def test_a_connection_the_upstream_closed_while_idle_is_replaced(
         await engine.close()
 
 
+@dataclass
+class DroppingServer:
+    """Answers its first connection's first request with keep-alive, then closes that
+    connection when the next request arrives on it, without a word: the server that dropped
+    an idle connection just as the client reused it. Later connections are answered."""
+
+    url: str
+    connections: int = 0
+
+
+PCM = np.arange(2400, dtype=np.int16).tobytes()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bool:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return False
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return True
+
+
+@pytest.fixture
+async def dropping_server() -> AsyncIterator[DroppingServer]:
+    state = DroppingServer("")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        number, answered = state.connections, 0
+        while await _read_request(reader):
+            if number == 1 and answered == 1:
+                break  # the reused connection's second request: dropped unanswered
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: audio/pcm\r\n"
+                + f"content-length: {len(PCM)}\r\n\r\n".encode()
+                + PCM
+            )
+            await writer.drain()
+            answered += 1
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    yield state
+    server.close()
+
+
+async def test_a_pooled_connection_dropped_as_it_is_reused_is_retried_once(
+    dropping_server: DroppingServer,
+) -> None:
+    opts = {"url": dropping_server.url, "protocol": "openai", "voices": "v"}
+    engine = load_engine("upstream", opts)
+    await engine.start()
+    try:
+        for _ in range(2):
+            request = SynthesisRequest("Hello.", "v")
+            pcm = [c.pcm async for c in engine.synthesize(request, Cancellation())]
+            assert np.concatenate(pcm).tobytes() == PCM
+    finally:
+        await engine.close()
+    # The second sentence went out on the pooled connection, was dropped, and went again on
+    # a new one: not "upstream unreachable".
+    assert dropping_server.connections == 2
+
+
 async def test_an_upstream_that_is_down_fails_each_sentence_quickly(
     protocol: str, redis_url: str, key_prefix: str
 ) -> None:

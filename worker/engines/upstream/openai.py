@@ -27,8 +27,13 @@ from worker.engines.upstream.target import (
     unless_cancelled,
 )
 
-READ_BYTES = 4800  # 100 ms at 24 kHz: a network read is handed on as soon as it arrives
 ERROR_BODY_BYTES = 64 * 1024  # an error body longer than this is cut, not held
+# Below the 5 s idle timeout of uvicorn and Node servers, so an idle connection is dropped
+# here before the server drops it.
+KEEPALIVE_S = 4.0
+# What a pooled connection the server closed at the moment we reused it raises before any
+# answer; a fresh connection is tried once. A refused connect is not among them: down is down.
+STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class OpenAISpeech:
@@ -37,7 +42,9 @@ class OpenAISpeech:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(target.timeout),
             limits=httpx.Limits(
-                max_connections=target.concurrency, max_keepalive_connections=target.concurrency
+                max_connections=target.concurrency,
+                max_keepalive_connections=target.concurrency,
+                keepalive_expiry=KEEPALIVE_S,
             ),
             headers=target.headers(),
             follow_redirects=False,
@@ -64,11 +71,8 @@ class OpenAISpeech:
         return body
 
     async def speak(self, sentence: Sentence, cancel: Cancellation) -> AsyncIterator[np.ndarray]:
-        request = self._client.build_request(
-            "POST", f"{self.target.base}/audio/speech", json=self._body(sentence)
-        )
         try:
-            response = await unless_cancelled(self._client.send(request, stream=True), cancel)
+            response = await unless_cancelled(self._send(sentence), cancel)
         except Cancelled:
             return
         except httpx.TimeoutException:
@@ -86,7 +90,9 @@ class OpenAISpeech:
                 )
             pcm = PcmAssembler()
             try:
-                async for data in response.aiter_raw(READ_BYTES):
+                # No chunk size: each network read is handed on as it arrives (a size makes
+                # httpx hold bytes until that many came, delaying first audio).
+                async for data in response.aiter_raw():
                     samples = pcm.feed(data)
                     if len(samples):
                         yield samples
@@ -109,6 +115,19 @@ class OpenAISpeech:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await response.aclose()
+
+    async def _send(self, sentence: Sentence) -> httpx.Response:
+        body = self._body(sentence)
+        for attempt in (1, 2):
+            request = self._client.build_request(
+                "POST", f"{self.target.base}/audio/speech", json=body
+            )
+            try:
+                return await self._client.send(request, stream=True)
+            except STALE:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 async def _close_on(cancel: Cancellation, response: httpx.Response) -> None:
