@@ -1,4 +1,5 @@
-"""Hear the voices: word error rate of each engine voice on fixed English sentences, in one run.
+"""Hear the voices: word error rate of each engine voice on fixed English sentences, and
+clicks at kokoro's chunk and span joins, in one run.
 
 Each sentence is synthesized by the engine (espeak's default English voice, then every
 kokoro voice), resampled to 16 kHz and transcribed by the offline recognizer the tests use
@@ -6,11 +7,20 @@ kokoro voice), resampled to 16 kHz and transcribed by the offline recognizer the
 distance over the reference's words, summed over all sentences. Also per voice: seconds of
 audio per second of synthesis (one sentence after another, this machine).
 
-    python bench/voices.py            # ~2 minutes on 2 CPU cores; last line is JSON
+    python bench/voices.py            # ~3 minutes on 2 CPU cores; last line is JSON
     python bench/voices.py --voices jm_kumo,jf_alpha
+    python bench/voices.py --clicks-only
 
 The recognizer is a weak listener (its model is small and old), so the figures compare voices
 with one another, not with a human; a lower rate is better.
+
+Clicks: each of `LONG_FIRST` (first sentences with a clause mark) is made as the opening of
+an utterance, cut in two spans at its first clause (the rule without the machine's pace, so
+every sentence is cut), and the same text in one call. A click is a sample step far above
+the signal's own, so the bench reports, in 16-bit sample units: the largest step across any
+chunk boundary and around each span join (the fade-out, the pause, the fade-in), beside the
+one-call audio's largest step and its 99th percentile; and the pause at the join (the run of
+silence there) beside the longest pause inside the one-call audio (a comma's).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.engines import load_engine  # noqa: E402
 from worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
+from worker.engines.kokoro.engine import FADE_MS, JOIN_PAUSE_S, SAMPLE_RATE  # noqa: E402
 
 SENTENCES = [
     "The weather is nice today.",
@@ -54,6 +65,17 @@ SENTENCES = [
     "Let me know if you have any questions.",
     "We need to buy milk and bread.",
 ]
+
+# First sentences long enough to be cut, each with a clause mark past the head's minimum.
+LONG_FIRST = [
+    "Thanks for calling the support line, how can I help you with your account today?",
+    "Your package left our warehouse this morning, and it should arrive by Thursday.",
+    "I checked the schedule for you; the next train to the airport leaves at nine.",
+    "Before we continue, could you confirm the last four digits of your card number?",
+    "The doctor has an opening on Monday afternoon, would three o'clock work for you?",
+    "Sorry about the wait, I had to look up the details of your previous order.",
+]
+SILENCE = 64  # |sample| below this is silence (-54 dBFS)
 
 
 def words(text: str) -> list[str]:
@@ -99,24 +121,93 @@ async def measure(engine: Engine, voice: str) -> dict[str, float]:
     return {"wer": round(errors / total, 3), "x_realtime": round(audio_s / work_s, 2)}
 
 
+async def pieces(engine: Engine, text: str, voice: str, opens: bool) -> list[np.ndarray]:
+    request = SynthesisRequest(text, voice, opens_utterance=opens)
+    return [c.pcm.astype(np.int32) async for c in engine.synthesize(request, Cancellation())]
+
+
+def longest_silence(pcm: np.ndarray, start: int = 0, end: int | None = None) -> int:
+    """The longest run of silent samples in pcm[start:end]."""
+    quiet = np.abs(pcm[start:end]) < SILENCE
+    best = run = 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        best = max(best, run)
+    return best
+
+
+def pause_joins(pcm: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each join: the engine's pause is a run of exact zeros that long."""
+    zero = np.concatenate([[False], pcm == 0, [False]])
+    edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
+    runs = zip(edges[::2], edges[1::2], strict=True)
+    return [(a, b) for a, b in runs if b - a >= int(SAMPLE_RATE * JOIN_PAUSE_S)]
+
+
+async def clicks(engine: Engine, voice: str) -> dict[str, float]:
+    fade = int(SAMPLE_RATE * FADE_MS / 1000)
+    chunk_step = join_step = whole_max = 0
+    whole_p99: list[float] = []
+    join_pause = natural_pause = 0
+    joins = 0
+    for text in LONG_FIRST:
+        cut = await pieces(engine, text, voice, opens=True)
+        joined = np.concatenate(cut)
+        bounds = np.cumsum([len(c) for c in cut])[:-1]
+        if len(bounds):
+            chunk_step = max(chunk_step, int(np.abs(joined[bounds] - joined[bounds - 1]).max()))
+        found = pause_joins(joined)
+        assert found, f"not cut in two spans: {text!r}"
+        for a, b in found:
+            joins += 1
+            window = joined[max(0, a - fade - 1) : b + fade + 1]
+            join_step = max(join_step, int(np.abs(np.diff(window)).max()))
+            join_pause = max(join_pause, longest_silence(joined, a - 4800, b + 4800))
+        whole = np.concatenate(await pieces(engine, text, voice, opens=False))
+        steps = np.abs(np.diff(whole))
+        whole_max = max(whole_max, int(steps.max()))
+        whole_p99.append(float(np.percentile(steps, 99)))
+        # Inside the speech: its own edges are trimmed, but leave 50 ms either end.
+        natural_pause = max(natural_pause, longest_silence(whole, 1200, len(whole) - 1200))
+    ms = 1000 / SAMPLE_RATE
+    return {
+        "sentences": len(LONG_FIRST),
+        "joins": joins,
+        "chunk_join_max_step": chunk_step,
+        "span_join_max_step": join_step,
+        "one_call_max_step": whole_max,
+        "one_call_p99_step": round(min(whole_p99), 1),
+        "join_pause_ms": round(join_pause * ms),
+        "one_call_longest_pause_ms": round(natural_pause * ms),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--voices", help="kokoro voices, comma-separated (default: all)")
+    parser.add_argument("--clicks-only", action="store_true", help="skip the word error rates")
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
+    kokoro = load_engine("kokoro", {"streams": "1"})
+    await kokoro.start()
+    kokoro.pace = None  # type: ignore[attr-defined]  # cut at the first clause, always
+    joins = await clicks(kokoro, kokoro.info.default_voice)
+    print("kokoro joins", joins, flush=True)
+    if args.clicks_only:
+        await kokoro.close()
+        print(json.dumps({"clicks": joins}))
+        return
     espeak = load_engine("espeak")
     await espeak.start()
     results["espeak:en-us"] = await measure(espeak, "en-us")
     await espeak.close()
     print("espeak en-us", results["espeak:en-us"], flush=True)
-    kokoro = load_engine("kokoro", {"streams": "1"})
-    await kokoro.start()
     voices = args.voices.split(",") if args.voices else list(kokoro.info.voices)
     for voice in voices:
         results[f"kokoro:{voice}"] = await measure(kokoro, voice)
         print("kokoro", voice, results[f"kokoro:{voice}"], flush=True)
     await kokoro.close()
-    print(json.dumps({"sentences": len(SENTENCES), "results": results}))
+    print(json.dumps({"sentences": len(SENTENCES), "results": results, "clicks": joins}))
 
 
 if __name__ == "__main__":
