@@ -17,24 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
-
-import uvicorn
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.app import create_app  # noqa: E402
-from api.server import WS_OPTIONS  # noqa: E402
-from shared.config import Settings  # noqa: E402
-from shared.protocol import EXTENSIONS, PATH  # noqa: E402
-from worker.consumer import Worker  # noqa: E402
+from bench.inproc import voxline  # noqa: E402
+from bench.wsclient import pct, utterance  # noqa: E402
+from shared.protocol import PATH  # noqa: E402
 from worker.engines import load_engine  # noqa: E402
 from worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine  # noqa: E402
 
@@ -43,11 +36,6 @@ UTTERANCE = (
     "Thank you for listening."
 )
 SESSIONS = [1, 2, 4, 8]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Player:
@@ -69,23 +57,11 @@ class Player:
 
 async def one_session(url: str) -> tuple[float, float, float]:
     """(seconds to first audio, seconds of audio, longest playback stall) of one utterance."""
-    async with websockets.connect(url, max_size=None, subprotocols=[EXTENSIONS]) as ws:
-        config = {"type": "session.config", "response_format": "pcm", "stream_audio": True}
-        await ws.send(json.dumps(config))
-        await ws.recv()  # session.ready
-        began = time.perf_counter()
-        await ws.send(json.dumps({"type": "input.text", "text": UTTERANCE}))
-        await ws.send(json.dumps({"type": "input.done"}))
-        first, audio, player = None, 0, Player()
-        while True:
-            frame = await ws.recv()
-            if isinstance(frame, bytes):
-                now = time.perf_counter() - began
-                first = first if first is not None else now
-                audio += len(frame)
-                player.arrived(now, len(frame) / 2 / SAMPLE_RATE)
-            elif json.loads(frame)["type"] == "session.done":
-                break
+    first, audio, player = None, 0, Player()
+    async for at, frame in utterance(url, UTTERANCE):
+        first = at if first is None else first
+        audio += len(frame)
+        player.arrived(at, len(frame) / 2 / SAMPLE_RATE)
     assert first is not None
     return first, audio / 2 / SAMPLE_RATE, player.longest_stall
 
@@ -93,19 +69,12 @@ async def one_session(url: str) -> tuple[float, float, float]:
 async def pipeline(
     counts: list[int], streams: int, first_span_chars: int
 ) -> dict[int, dict[str, float]]:
-    settings = Settings(
-        redis_url=f"memory://{uuid.uuid4().hex}", key_prefix="bench", max_sessions_per_client=0
-    )
     options = {"streams": str(streams), "first_span_chars": str(first_span_chars)}
-    worker = Worker(settings, load_engine("kokoro", options), concurrency=streams)
-    worker_task = asyncio.create_task(worker.run())
-    await worker.ready.wait()
-    config = uvicorn.Config(create_app(settings), port=0, log_level="warning", **WS_OPTIONS)
-    server = uvicorn.Server(config)
-    server_task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}{PATH}"
+    async with voxline(load_engine("kokoro", options), "bench", streams) as port:
+        return await _sessions(f"ws://127.0.0.1:{port}{PATH}", counts)
+
+
+async def _sessions(url: str, counts: list[int]) -> dict[int, dict[str, float]]:
     await one_session(url)  # warm-up
     results = {}
     for c in counts:
@@ -122,11 +91,6 @@ async def pipeline(
             "stall_max_ms": round(max(s for _, _, s in runs) * 1000),
         }
         print(f"pipeline  {c} sessions: {results[c]}", flush=True)
-    server.should_exit = True
-    await server_task
-    worker_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker_task
     return results
 
 

@@ -31,29 +31,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import uvicorn
-import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.app import create_app  # noqa: E402
-from api.server import WS_OPTIONS  # noqa: E402
-from shared.config import Settings  # noqa: E402
-from shared.protocol import EXTENSIONS, PATH  # noqa: E402
-from worker.consumer import Worker  # noqa: E402
+from bench.inproc import voxline  # noqa: E402
+from bench.wsclient import pct, utterance  # noqa: E402
+from shared.protocol import PATH  # noqa: E402
 from worker.engines import load_engine  # noqa: E402
-from worker.engines.base import Engine  # noqa: E402
 
 UTTERANCE = "The first sentence is here. A second one follows it. And the third ends it."
 PROTOCOLS = ["openai", "vllm-omni"]
@@ -63,70 +55,12 @@ VOICE = "tone-mid"
 CONCURRENCY = 8
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-@contextlib.asynccontextmanager
-async def voxline(engine: Engine, name: str) -> AsyncIterator[int]:
-    """A front end and one worker on `engine`, on their own in-memory Redis; yields the port.
-    On exit the server stops and the worker is cancelled (which closes the engine)."""
-    settings = Settings(
-        redis_url=f"memory://{uuid.uuid4().hex}", key_prefix=name, max_sessions_per_client=0
-    )
-    worker = Worker(settings, engine, concurrency=CONCURRENCY)
-    worker_task = asyncio.create_task(worker.run())
-    server_task: asyncio.Task[None] | None = None
-    server: uvicorn.Server | None = None
-    try:
-        ready = asyncio.create_task(worker.ready.wait())
-        await asyncio.wait({ready, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            worker_task.result()  # the engine failed to start: raise its error
-            raise RuntimeError(f"{name}: worker ended before it was ready")
-        config = uvicorn.Config(create_app(settings), port=0, log_level="warning", **WS_OPTIONS)
-        server = uvicorn.Server(config)
-        server_task = asyncio.create_task(server.serve())
-        while not server.started:
-            if server_task.done():
-                server_task.result()
-                raise RuntimeError(f"{name}: server ended before it started")
-            await asyncio.sleep(0.01)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        if server is not None and server_task is not None:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await server_task
-        worker_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
-
-
 async def one_session(url: str) -> tuple[float, int]:
     """(seconds to first audio, bytes of audio) of one utterance over a WebSocket session."""
-    async with websockets.connect(url, max_size=None, subprotocols=[EXTENSIONS]) as ws:
-        config = {"type": "session.config", "response_format": "pcm", "stream_audio": True}
-        await ws.send(json.dumps(config))
-        await ws.recv()  # session.ready
-        began = time.perf_counter()
-        await ws.send(json.dumps({"type": "input.text", "text": UTTERANCE}))
-        await ws.send(json.dumps({"type": "input.done"}))
-        first, audio = None, 0
-        while True:
-            frame = await ws.recv()
-            if isinstance(frame, bytes):
-                if first is None:
-                    first = time.perf_counter() - began
-                audio += len(frame)
-            else:
-                event = json.loads(frame)
-                if event["type"] == "error":
-                    raise RuntimeError(f"{url}: {event}")
-                if event["type"] == "session.done":
-                    break
+    first, audio = None, 0
+    async for at, frame in utterance(url, UTTERANCE):
+        first = at if first is None else first
+        audio += len(frame)
     assert first is not None, f"{url}: no audio"
     return first, audio
 
@@ -177,7 +111,7 @@ async def measure(
     results: dict[int, dict[str, object]] = {}
     limits = httpx.Limits(max_connections=max(counts), max_keepalive_connections=max(counts))
     async with (
-        voxline(load_engine("upstream", options), f"front-{protocol}") as front_port,
+        voxline(load_engine("upstream", options), f"front-{protocol}", CONCURRENCY) as front_port,
         httpx.AsyncClient(timeout=30, limits=limits, trust_env=False) as rest,
     ):
         front_ws = f"ws://127.0.0.1:{front_port}{PATH}"
@@ -254,7 +188,7 @@ async def main() -> None:
     utterances = 8 if args.quick else args.utterances
     tone = load_engine("tone", {"rtf": str(args.rtf), "chunk_ms": "40"})
     results: dict[str, dict[int, dict[str, object]]] = {}
-    async with voxline(tone, "upstream") as upstream_port:
+    async with voxline(tone, "upstream", CONCURRENCY) as upstream_port:
         for protocol in args.protocols:
             results[protocol] = await measure(protocol, upstream_port, counts, utterances)
     settings = {"rtf": args.rtf, "chunk_ms": 40, "concurrency": CONCURRENCY}
