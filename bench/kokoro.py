@@ -126,7 +126,7 @@ async def main() -> None:
     parser.add_argument(
         "--first-span-chars",
         type=int,
-        default=60,
+        default=KokoroEngine().first_span_chars,
         help="the engine's option: a first sentence longer than this may be cut (1000: never)",
     )
     parser.add_argument("--sessions", type=int, nargs="*", default=SESSIONS)

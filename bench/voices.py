@@ -75,6 +75,19 @@ LONG_FIRST = [
     "The doctor has an opening on Monday afternoon, would three o'clock work for you?",
     "Sorry about the wait, I had to look up the details of your previous order.",
 ]
+# Replies that open with a short clause: cut there (its own span) or made whole.
+SHORT_OPENINGS = [
+    "Sure, I can help you with that right away.",
+    "Well, the store opens at nine in the morning.",
+    "Okay, let me check the status of your order.",
+    "Yes, your appointment is confirmed for Monday.",
+    "Of course, I will send the receipt to your email.",
+    "Great question, the answer depends on your plan.",
+    "No problem, I have moved the meeting to Friday.",
+    "Thanks, I have updated your delivery address.",
+    "Right, so the train leaves at seven tonight.",
+    "Hello, thank you for calling the help line today.",
+]
 SILENCE = 64  # |sample| below this is silence (-54 dBFS)
 
 
@@ -182,10 +195,26 @@ async def clicks(engine: Engine, voice: str) -> dict[str, float]:
     }
 
 
+async def heads(engine: Engine, voice: str) -> dict[str, float]:
+    """Word error rate of `SHORT_OPENINGS` cut after their opening clause, and made whole."""
+    errors = {"cut": 0, "whole": 0}
+    total = 0
+    rate = engine.info.sample_rate
+    for text in SHORT_OPENINGS:
+        ref = words(text)
+        total += len(ref)
+        for side, opens in (("cut", True), ("whole", False)):
+            pcm = np.concatenate(await pieces(engine, text, voice, opens)).astype(np.int16)
+            errors[side] += edit_distance(ref, transcribe(pcm, rate))
+    return {f"{side}_wer": round(n / total, 3) for side, n in errors.items()}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--voices", help="kokoro voices, comma-separated (default: all)")
-    parser.add_argument("--clicks-only", action="store_true", help="skip the word error rates")
+    parser.add_argument(
+        "--clicks-only", action="store_true", help="joins and short heads only, no voices"
+    )
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     kokoro = load_engine("kokoro", {"streams": "1"})
@@ -193,6 +222,8 @@ async def main() -> None:
     kokoro.pace = None  # type: ignore[attr-defined]  # cut at the first clause, always
     joins = await clicks(kokoro, kokoro.info.default_voice)
     print("kokoro joins", joins, flush=True)
+    joins.update(await heads(kokoro, kokoro.info.default_voice))
+    print("kokoro short heads", joins, flush=True)
     if args.clicks_only:
         await kokoro.close()
         print(json.dumps({"clicks": joins}))

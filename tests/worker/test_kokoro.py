@@ -47,19 +47,6 @@ def heard(pcm: np.ndarray) -> set[str]:
     return set(hyp.hypstr.split()) if hyp else set()
 
 
-def test_the_first_sentence_is_cut_at_its_first_clause_when_long() -> None:
-    assert split_first(LONG_FIRST, 60) == [
-        "Well, as I was saying yesterday,",
-        "the weather has been wonderful all week long.",
-    ]
-    assert split_first("Short one, really.", 60) == ["Short one, really."]
-    assert split_first("x" * 70, 60) == ["x" * 70]  # no mark: whole
-    # A mark too early would leave a tiny first span: the next one is used.
-    assert split_first("Yes, I think that the weather, on the whole, was fine this week.", 20)[
-        0
-    ] == ("Yes, I think that the weather,")
-
-
 async def test_it_loads_the_pypi_model_and_reports_itself(engine: KokoroEngine) -> None:
     info = engine.info
     assert info.name == "kokoro" and info.sample_rate == 24000
@@ -90,7 +77,8 @@ async def test_spans_join_without_a_click(engine: KokoroEngine) -> None:
     joined = (await speak(engine, LONG_FIRST, opens_utterance=True)).astype(np.int32)
     whole = (await speak(engine, LONG_FIRST)).astype(np.int32)
     assert engine.stats["spans"] >= 2
-    head = (await speak(engine, split_first(LONG_FIRST, 60)[0])).astype(np.int32)
+    first = split_first(LONG_FIRST, engine.first_span_chars)[0]
+    head = (await speak(engine, first)).astype(np.int32)
     at = len(head)  # the first span's end, where the pause and then the second span begin
     pause = int(SAMPLE_RATE * 0.1)
     window = np.concatenate(
@@ -127,7 +115,7 @@ async def test_the_first_cut_follows_the_measured_pace(engine: KokoroEngine) -> 
     assert pace.seconds_per_char != before  # each span refines the estimate
     # On a machine this fast the first clause is cut; on one this slow, nothing is.
     pace.overhead_s, pace.rtf = 0.01, 0.05
-    assert len(split_first(LONG_FIRST, 60, pace)) == 2
+    assert split_first(LONG_FIRST, engine.first_span_chars, pace)[0] == "Well,"
     pace.overhead_s, pace.rtf = 1.0, 2.0
     before = engine.stats["spans"]
     await speak(engine, LONG_FIRST, opens_utterance=True)

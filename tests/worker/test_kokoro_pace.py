@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engines.kokoro.engine import JOIN_PAUSE_S, MAX_STALL_S, split_first
+from worker.engines.kokoro.engine import (
+    JOIN_PAUSE_S,
+    MAX_SPANS,
+    MAX_STALL_S,
+    MIN_HEAD_CHARS,
+    split_first,
+)
 from worker.engines.kokoro.pace import Pace
 
 SENTENCE = "Well, as I was saying yesterday, the weather has been wonderful all week long."
@@ -27,21 +33,66 @@ def test_observed_spans_move_the_estimate_towards_the_machines_speed() -> None:
     assert pace.rtf == pytest.approx(1.0, abs=0.01)
 
 
-def test_a_fast_machine_cuts_at_the_first_clause() -> None:
+def longest_wait(spans: list[str], pace: Pace) -> float:
+    """How long a listener who plays each span as soon as it exists waits at the worst join,
+    the spans made one after another at `pace` (the oracle the cut is held to)."""
+    ready = pace.compute_s(len(spans[0]))
+    plays_until = ready + pace.audio_s(len(spans[0])) + JOIN_PAUSE_S
+    worst = 0.0
+    for span in spans[1:]:
+        ready += pace.compute_s(len(span))
+        worst = max(worst, ready - plays_until)
+        plays_until = max(plays_until, ready) + pace.audio_s(len(span)) + JOIN_PAUSE_S
+    return worst
+
+
+def test_without_a_pace_the_first_clause_goes_alone() -> None:
+    assert split_first(SENTENCE, 24) == [
+        "Well,",
+        "as I was saying yesterday, the weather has been wonderful all week long.",
+    ]
+    assert split_first("Short one, really.", 24) == ["Short one, really."]
+    assert split_first("x" * 70, 24) == ["x" * 70]  # no mark: whole
+    # "Oh," is under MIN_HEAD_CHARS: the first clause long enough is the head.
+    assert split_first("Oh, I see, that makes a lot of sense to me now.", 24)[0] == "Oh, I see,"
+    assert len("Oh,") < MIN_HEAD_CHARS
+
+
+def test_a_fast_machine_starts_with_the_shortest_clause() -> None:
     fast = Pace(overhead_s=0.05, rtf=0.1)
-    assert split_first(SENTENCE, 60, fast) == [
-        "Well, as I was saying yesterday,",
+    spans = split_first(SENTENCE, 24, fast)
+    assert spans == [
+        "Well,",
+        "as I was saying yesterday, the weather has been wonderful all week long.",
+    ]
+    assert longest_wait(spans, fast) <= MAX_STALL_S
+
+
+def test_a_rest_too_long_to_be_ready_in_time_is_cut_again() -> None:
+    # At this pace the rest after "Well," would keep the listener waiting; after the next
+    # clause it would not: three spans, the first audio still the shortest clause's.
+    medium = Pace(overhead_s=0.12, rtf=0.21)
+    assert longest_wait(["Well,", " ".join(SENTENCE.split()[1:])], medium) > MAX_STALL_S
+    spans = split_first(SENTENCE, 24, medium)
+    assert spans == [
+        "Well,",
+        "as I was saying yesterday,",
         "the weather has been wonderful all week long.",
     ]
+    assert longest_wait(spans, medium) <= MAX_STALL_S
+    # Never more than MAX_SPANS, whatever the marks.
+    many = "One two, three four, five six, seven eight, nine ten, and that is all of it now."
+    for pace in (Pace(overhead_s=0.0, rtf=0.05), medium, Pace(overhead_s=0.2, rtf=0.4)):
+        cut = split_first(many, 24, pace)
+        assert len(cut) <= MAX_SPANS and " ".join(cut) == many
+        assert longest_wait(cut, pace) <= MAX_STALL_S
 
 
 def test_the_cut_waits_for_a_clause_whose_rest_is_ready_in_time() -> None:
     text = "Right, so here is the plan for today, then we eat lunch at noon and go home."
-    spans = lambda pace: split_first(text, 60, pace)  # noqa: E731
-    # "Right, so" is too short a head; "…for today," is the first real clause.
-    assert spans(None)[0] == "Right, so here is the plan for today,"
-    medium = Pace(overhead_s=0.3, rtf=0.6)
-    head, tail = spans(medium)
-    assert medium.compute_s(len(tail)) <= medium.audio_s(len(head)) + JOIN_PAUSE_S + MAX_STALL_S
+    slower = Pace(overhead_s=0.3, rtf=0.55)
+    spans = split_first(text, 24, slower)
+    assert spans[0] == "Right, so here is the plan for today,"  # "Right," would stall
+    assert longest_wait(spans, slower) <= MAX_STALL_S
     # Too slow for any cut: the sentence stays whole (a later start, no stall mid-sentence).
-    assert spans(Pace(overhead_s=0.5, rtf=1.5)) == [text]
+    assert split_first(text, 24, Pace(overhead_s=0.5, rtf=1.5)) == [text]

@@ -7,11 +7,13 @@ not used: it cuts by phoneme count, not where a listener can wait, and offers no
 between spans. Here instead:
 
 - Spans. Kokoro makes a whole span per call, so first audio waits for the whole span. The
-  first sentence of an utterance, when longer than `first_span_chars`, is made in two spans:
-  up to a clause mark (`,;:` or a dash) at least `MIN_HEAD_CHARS` in, then the rest. The
-  mark is the first whose rest this machine can make while the head plays (its measured
-  pace, `pace.py`); when none is, the sentence stays whole. Later sentences are one span
-  (better prosody; they are made while earlier ones play).
+  first sentence of an utterance, when longer than `first_span_chars`, is cut at clause
+  marks (`,;:` or a dash): first the shortest clause (at least `MIN_HEAD_CHARS`, so "Sure,"
+  or "Well," count) after which this machine can make the rest while the earlier spans play
+  (its measured pace, `pace.py`), the rest whole or, if it would not be ready in time, cut
+  again, at most `MAX_SPANS` spans in all; when no cut keeps the listener from waiting, the
+  sentence stays whole. Later sentences are one span (better prosody; they are made while
+  earlier ones play).
 - Chunks. A span's audio goes out in `chunk_ms` pieces as soon as the span exists; cancel is
   checked between chunks and before each span, so it stops within one chunk (the span being
   computed when the cancel comes is finished and dropped: ONNX Runtime cannot stop a run).
@@ -59,8 +61,13 @@ SPEED_RANGE = (0.5, 2.0)  # what Kokoro's graph is exported for
 PREFERRED_VOICE = "jm_kumo"
 FADE_MS = 4
 JOIN_PAUSE_S = 0.1
-MIN_HEAD_CHARS = 12
-MAX_STALL_S = 0.15  # the longest wait for the second span the cut may risk
+# "Sure," "Well," "Okay,": how replies open, and a span of their own costs no intelligibility
+# (bench/voices.py --heads: recognizer word error rate cut 0.071 against 0.153 whole).
+MIN_HEAD_CHARS = 4
+MAX_SPANS = 3  # a first sentence is cut at most twice: each join is a pause
+# The longest wait for a span the cut may risk: with the pause, a join is then at most 0.35 s
+# of silence, under the 0.44 s the model itself leaves at a comma (bench/voices.py, joins).
+MAX_STALL_S = 0.25
 _CLAUSE = re.compile(r"[,;:]\s|\s[-–—]\s")  # noqa: RUF001 (the dashes are meant)
 _LANG_OF_PREFIX = {
     "a": "en-us",
@@ -82,29 +89,69 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _marks(text: str) -> list[tuple[int, int]]:
+    """(end of the text before, start of the text after) each clause mark."""
+    marks = []
+    for match in _CLAUSE.finditer(text):
+        cut = match.start() + 1 if text[match.start()] in ",;:" else match.start()
+        marks.append((cut, match.end()))
+    return marks
+
+
 def split_first(
     text: str, first_span_chars: int, pace: Pace | None = None, speed: float = 1.0
 ) -> list[str]:
-    """The spans of an utterance's first sentence: two when it is long and has a clause mark
-    far enough in, else the sentence whole.
+    """The spans of an utterance's first sentence, cut at clause marks: its first audio is
+    then its first clause's compute, not the whole sentence's.
 
-    With `pace` (the machine's measured speed), the cut is the first clause mark whose tail
-    can be made while the head plays (its audio, the join pause and `MAX_STALL_S`): on a fast
-    machine that is the first clause, on a slow one a later one, and when none is the
-    sentence stays whole — a later start, rather than a stall mid-sentence."""
+    Without `pace`: the first clause (at least `MIN_HEAD_CHARS`), then the rest. With `pace`
+    (the machine's measured speed), the shortest first clause after which the rest can be
+    made without the listener waiting more than `MAX_STALL_S` at a join; the rest in as few
+    spans as that allows (each as long as is ready in time), `MAX_SPANS` at most. When no
+    first clause allows it, the sentence stays whole: a later start rather than a stall."""
     if len(text) <= first_span_chars:
         return [text]
-    for match in _CLAUSE.finditer(text):
-        cut = match.start() + 1 if text[match.start()] in ",;:" else match.start()
-        head, tail = text[:cut].strip(), text[match.end() :].strip()
-        if len(head) < MIN_HEAD_CHARS or not tail:
-            continue
-        if pace is None:
-            return [head, tail]
-        plays = pace.audio_s(len(head), speed) + JOIN_PAUSE_S + MAX_STALL_S
-        if pace.compute_s(len(tail), speed) <= plays:
-            return [head, tail]
+    marks = [(c, n) for c, n in _marks(text) if len(text[:c].strip()) >= MIN_HEAD_CHARS]
+    marks = [(c, n) for c, n in marks if text[n:].strip()]
+    if not marks:
+        return [text]
+    if pace is None:
+        cut, rest = marks[0]
+        return [text[:cut].strip(), text[rest:].strip()]
+    for i, (cut, rest) in enumerate(marks):
+        spans = _schedule(text, marks[i + 1 :], cut, rest, pace, speed)
+        if spans is not None:
+            return spans
     return [text]
+
+
+def _schedule(
+    text: str, later: list[tuple[int, int]], cut: int, rest: int, pace: Pace, speed: float
+) -> list[str] | None:
+    """`text` cut first at `cut`, then at as few of the `later` marks as keep every join's
+    wait within `MAX_STALL_S`; None when no such cut exists."""
+    head = text[:cut].strip()
+    spans = [head]
+    ready = pace.compute_s(len(head), speed)  # when the span made last is ready
+    plays_until = ready + pace.audio_s(len(head), speed) + JOIN_PAUSE_S
+    start = rest
+    while start < len(text):
+        # The longest next span that is ready in time: the rest whole, else up to a mark.
+        ends = [(len(text), len(text))]
+        if len(spans) < MAX_SPANS - 1:
+            ends += [(c, n) for c, n in reversed(later) if c > start]
+        fits = [
+            (span, done, after)
+            for end, after in ends
+            if (span := text[start:end].strip())
+            and (done := ready + pace.compute_s(len(span), speed)) <= plays_until + MAX_STALL_S
+        ]
+        if not fits:
+            return None
+        span, ready, start = fits[0]
+        spans.append(span)
+        plays_until = max(plays_until, ready) + pace.audio_s(len(span), speed) + JOIN_PAUSE_S
+    return spans
 
 
 def voice_language(voice: str) -> str:
@@ -142,7 +189,7 @@ class KokoroEngine(Engine):
         streams: int = 1,
         threads: int | None = None,
         chunk_ms: int = 100,
-        first_span_chars: int = 60,
+        first_span_chars: int = 24,
     ) -> None:
         self.model_option, self.voices_option = model, voices
         self.streams = streams
