@@ -18,9 +18,10 @@ from worker.engines.base import Engine
 
 
 @contextlib.asynccontextmanager
-async def voxline(engine: Engine, name: str, concurrency: int) -> AsyncIterator[int]:
-    """A front end and one worker on `engine`, on their own in-memory Redis; yields the port.
-    On exit the server stops and the worker is cancelled (which closes the engine)."""
+async def voxline(engine: Engine, name: str, concurrency: int | None = None) -> AsyncIterator[int]:
+    """A front end and one worker on `engine` (holding `concurrency` sentences, or as many as
+    the engine's capacity says), on their own in-memory Redis; yields the port. On exit the
+    server stops and the worker is cancelled (which closes the engine)."""
     settings = Settings(
         redis_url=f"memory://{uuid.uuid4().hex}", key_prefix=name, max_sessions_per_client=0
     )

@@ -67,10 +67,12 @@ async def one_session(url: str) -> tuple[float, float, float]:
 
 
 async def pipeline(
-    counts: list[int], streams: int, first_span_chars: int
+    counts: list[int], streams: int, first_span_chars: int, concurrency: int | None
 ) -> dict[int, dict[str, float]]:
     options = {"streams": str(streams), "first_span_chars": str(first_span_chars)}
-    async with voxline(load_engine("kokoro", options), "bench", streams) as port:
+    engine = load_engine("kokoro", options)
+    async with voxline(engine, "bench", concurrency) as port:
+        print(f"pipeline  worker holds {concurrency or engine.capacity()} sentences", flush=True)
         return await _sessions(f"ws://127.0.0.1:{port}{PATH}", counts)
 
 
@@ -98,7 +100,7 @@ async def baseline(counts: list[int]) -> dict[int, dict[str, float]]:
     engine = load_engine("kokoro", {"streams": "1"})
     assert isinstance(engine, KokoroEngine)
     await engine.start()
-    kokoro = engine._kokoros.get_nowait()  # noqa: SLF001 (the library object itself)
+    kokoro = await engine._kokoros.acquire(0.0)  # noqa: SLF001 (the library object itself)
     voice = engine.info.default_voice
     kokoro.create(UTTERANCE, voice, lang="en-us")  # warm-up
     results = {}
@@ -130,13 +132,20 @@ async def main() -> None:
         help="the engine's option: a first sentence longer than this may be cut (1000: never)",
     )
     parser.add_argument("--sessions", type=int, nargs="*", default=SESSIONS)
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="sentences the worker holds (capacity)"
+    )
     args = parser.parse_args()
     base = await baseline(args.sessions)
-    piped = await pipeline(args.sessions, args.streams, args.first_span_chars)
+    piped = await pipeline(args.sessions, args.streams, args.first_span_chars, args.concurrency)
     for c in args.sessions:
         ratio = base[c]["first_p99_ms"] / max(piped[c]["first_p99_ms"], 1)
         print(f"{c} sessions: first-audio p99 baseline/pipeline {ratio:.2f}x")
-    figures = {"streams": args.streams, "first_span_chars": args.first_span_chars}
+    figures = {
+        "streams": args.streams,
+        "first_span_chars": args.first_span_chars,
+        "concurrency": args.concurrency,
+    }
     print(json.dumps({**figures, "pipeline": piped, "baseline": base}))
 
 

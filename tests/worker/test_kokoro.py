@@ -53,8 +53,15 @@ async def test_it_loads_the_pypi_model_and_reports_itself(engine: KokoroEngine) 
     assert set(info.voices) == {"jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"}
     assert info.default_voice == "jm_kumo"
     assert info.languages_of("jm_kumo") == ("en-us",)
+    # As many sentences as the measured pace keeps real time, at least one; it follows the
+    # pace as the machine gets busier.
     capacity = engine.capacity()
-    assert isinstance(capacity, int) and 1 <= capacity <= engine.streams
+    assert isinstance(capacity, int) and capacity >= 1
+    assert engine.pace is not None
+    engine.pace.overhead_s, engine.pace.rtf = 0.1, 0.2  # 0.7 s for 3 s of speech
+    assert engine.capacity() == 3
+    engine.pace.overhead_s, engine.pace.rtf = 0.3, 0.9  # slower than real time
+    assert engine.capacity() == 1
 
 
 async def test_every_voice_speaks(engine: KokoroEngine) -> None:
@@ -105,6 +112,51 @@ async def test_cancel_stops_within_one_span(engine: KokoroEngine) -> None:
         cancel.set()
     assert chunks == 1
     assert engine.stats["spans"] - before == 1, "the second span was made after the cancel"
+
+
+async def test_an_opening_clause_goes_ahead_of_a_sentence_already_waiting(
+    engine: KokoroEngine,
+) -> None:
+    """One stream, three sentences in flight: while a span is being made, a later sentence
+    of one session and then an utterance's opening of another wait for the stream; the
+    opening (deadline: now) is made before the later sentence (deadline: a second on)."""
+    loop = asyncio.get_running_loop()
+    first: dict[str, float] = {}
+
+    async def run(name: str, request: SynthesisRequest) -> None:
+        async for _ in engine.synthesize(request, Cancellation()):
+            first.setdefault(name, loop.time())
+
+    busy_request = SynthesisRequest("The weather is nice today.", "jm_kumo")
+    busy = asyncio.create_task(run("busy", busy_request))
+    await asyncio.sleep(0.02)  # the stream is taken
+    later = asyncio.create_task(run("later", SynthesisRequest("And that is all.", "jm_kumo")))
+    await asyncio.sleep(0.02)
+    opening = SynthesisRequest("Sure, I can do that.", "jm_kumo", opens_utterance=True)
+    opens = asyncio.create_task(run("opening", opening))
+    await asyncio.gather(busy, later, opens)
+    assert first["busy"] < first["opening"] < first["later"], first
+
+
+async def test_a_sentence_cancelled_while_it_waits_for_the_stream_makes_nothing(
+    engine: KokoroEngine,
+) -> None:
+    before = engine.stats["spans"]
+    busy = asyncio.create_task(speak(engine, "The weather is nice today, thank you."))
+    await asyncio.sleep(0.02)
+    cancel = Cancellation()
+    request = SynthesisRequest("This one is never made.", "jm_kumo")
+    waiting = asyncio.create_task(_drain(engine.synthesize(request, cancel)))
+    await asyncio.sleep(0.02)
+    cancel.set()
+    # It ends while the other's span is still being made, not after its own turn.
+    assert await asyncio.wait_for(waiting, 1) == [] and not busy.done()
+    await busy
+    assert engine.stats["spans"] - before == 1
+
+
+async def _drain(chunks: AsyncIterator[object]) -> list[object]:
+    return [c async for c in chunks]
 
 
 async def test_the_first_cut_follows_the_measured_pace(engine: KokoroEngine) -> None:

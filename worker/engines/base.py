@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -86,6 +87,31 @@ class Cancellation:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """The sentence was cancelled while it waited (on a server, a model session)."""
+
+
+async def unless_cancelled(awaitable: Awaitable[T], cancel: Cancellation) -> T:
+    """`awaitable`'s result, or Cancelled as soon as `cancel` is set: a connect or a first
+    answer an upstream is slow to give, or a turn at a busy model, must not hold a cancelled
+    sentence's slot."""
+    work = asyncio.ensure_future(awaitable)
+    stop = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(BaseException):
+        await work
+    raise Cancelled
 
 
 class EngineError(Exception):

@@ -20,11 +20,13 @@ between spans. Here instead:
 - Joins. Each span is faded in and out over `FADE_MS` (its trimmed edges need not sit at
   zero) and the spans are separated by the clause pause kokoro-onnx uses (0.1 s): no step
   beyond the signal's own at a join, no gap longer than a comma's.
-- Concurrency. `streams` sentences at once, each on one of as many ONNX Runtime sessions run
-  from a thread pool (a session run holds no GIL), the cores split between them. Default 1
-  with every core: on 2 cores it gave 1.9x real time against 1.3x for 2 streams of one
-  thread each (bench/kokoro.py, docs/benchmarks.md). `capacity()` is `streams` until measured,
-  then as many streams as the measured real-time factor keeps faster than real time.
+- Concurrency. Several sentences at once (`capacity()`: as many as the measured real-time
+  factor keeps real time) on `streams` ONNX Runtime sessions run from a thread pool (a
+  session run holds no GIL), the cores split between them. The spans of the sentences in
+  flight take turns on the sessions earliest deadline first (`sessions.py`): an utterance's
+  opening clause at once, the next span of a playing sentence before its listener runs dry.
+  Default one stream with every core: on 2 cores two streams of one thread each made 2.25x
+  real time against 3.5x for one (bench/kokoro.py, docs/benchmarks.md).
 - Voices and languages. Voice names come from the voices file. A voice's first letter picks
   the espeak-ng language of its phonemes (a: en-us, b: en-gb, e: es, f: fr-fr, h: hi, i: it,
   p: pt-br, z: cmn); the Japanese tables (j) get English phonemes, since a Japanese
@@ -35,6 +37,7 @@ between spans. Here instead:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -47,9 +50,18 @@ from typing import Any
 import numpy as np
 
 from shared.capabilities import EngineInfo
-from worker.engines.base import AudioChunk, Cancellation, Engine, EngineError, SynthesisRequest
+from worker.engines.base import (
+    AudioChunk,
+    Cancellation,
+    Cancelled,
+    Engine,
+    EngineError,
+    SynthesisRequest,
+    unless_cancelled,
+)
 from worker.engines.kokoro.loading import KokoroMissing, load_voices, resolve
 from worker.engines.kokoro.pace import Pace
+from worker.engines.kokoro.sessions import Sessions
 
 log = logging.getLogger("voxline.worker.kokoro")
 
@@ -65,6 +77,10 @@ JOIN_PAUSE_S = 0.1
 # (bench/voices.py --heads: recognizer word error rate cut 0.071 against 0.153 whole).
 MIN_HEAD_CHARS = 4
 MAX_SPANS = 3  # a first sentence is cut at most twice: each join is a pause
+# A later sentence is asked for while earlier ones play; how long until it is needed is not
+# known here, so it yields to utterances' openings asked for up to this much after it.
+LATER_SENTENCE_SLACK_S = 1.0
+TYPICAL_SENTENCE_S = 3.0  # of speech: what capacity() is counted in
 # The longest wait for a span the cut may risk: with the pause, a join is then at most 0.35 s
 # of silence, under the 0.44 s the model itself leaves at a comma (bench/voices.py, joins).
 MAX_STALL_S = 0.25
@@ -196,12 +212,13 @@ class KokoroEngine(Engine):
         self.threads = threads or max(1, (os.cpu_count() or 1) // streams)
         self.chunk_samples = SAMPLE_RATE * chunk_ms // 1000
         self.first_span_chars = first_span_chars
-        self._kokoros: asyncio.Queue[Any] | None = None
+        self._kokoros: Sessions[Any] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._info: EngineInfo | None = None
         self._rtf: float | None = None  # measured at start, seconds of work per second made
         self.pace: Pace | None = None  # measured at start, then followed span by span
         self.stats = {"spans": 0, "cancelled": 0}
+        self._active = 0  # sentences being made now
 
     @property
     def info(self) -> EngineInfo:  # type: ignore[override]
@@ -219,9 +236,7 @@ class KokoroEngine(Engine):
         except KokoroMissing:
             self._pool.shutdown(wait=False)
             raise
-        self._kokoros = asyncio.Queue()
-        for kokoro in kokoros:
-            self._kokoros.put_nowait(kokoro)
+        self._kokoros = Sessions(kokoros)
         voices = tuple(sorted(tables))
         default = PREFERRED_VOICE if PREFERRED_VOICE in tables else voices[0]
         self._info = EngineInfo(
@@ -237,7 +252,11 @@ class KokoroEngine(Engine):
         # the machine's pace (fixed cost per span, cost per second of audio) and how many
         # streams stay real time.
         await self._span("Hello.", default, 1.0, "en-us")
-        timed = [await self._timed(t, default) for t in ("Hello.", "The weather is nice today.")]
+        # Each the faster of two: a neighbour's burst must not halve the capacity for good.
+        timed = [
+            min([await self._timed(t, default) for _ in range(2)])
+            for t in ("Hello.", "The weather is nice today.")
+        ]
         self.pace = Pace.fitted(*timed)
         self._rtf = timed[1][0] / max(timed[1][1], 1e-3)
         log.info(
@@ -288,23 +307,42 @@ class KokoroEngine(Engine):
             self._pool = None
 
     def capacity(self) -> int | None:
-        if self._rtf is None:
+        # Sentences that stay real time at once: a stream makes a typical sentence in
+        # `share` of its length; a fifth is kept back for the rest of the process. The pace
+        # followed span by span, so a machine that gets busier admits fewer. Their spans
+        # take turns on the streams by deadline (sessions.py).
+        if self.pace is not None:
+            seconds = self.pace.overhead_s + self.pace.rtf * TYPICAL_SENTENCE_S
+            share = seconds / TYPICAL_SENTENCE_S
+        elif self._rtf is not None:
+            share = self._rtf
+        else:
             return self.streams
-        # Streams share the cores: n at once each run about n times slower.
-        return max(1, min(self.streams, math.floor(0.8 / max(self._rtf, 1e-3))))
+        return max(1, math.floor(0.8 * self.streams / max(share, 1e-3)))
 
-    async def _span(self, text: str, voice: str, speed: float, lang: str) -> np.ndarray:
+    async def _span(
+        self,
+        text: str,
+        voice: str,
+        speed: float,
+        lang: str,
+        deadline: float | None = None,
+        cancel: Cancellation | None = None,
+    ) -> np.ndarray:
+        """One span's audio, made when a stream is free and no span with an earlier
+        deadline waits (Cancelled if `cancel` comes first; a span being made is finished)."""
         assert self._kokoros is not None and self._pool is not None
-        kokoro = await self._kokoros.get()
+        loop = asyncio.get_running_loop()
+        turn = self._kokoros.acquire(loop.time() if deadline is None else deadline)
+        kokoro = await (turn if cancel is None else unless_cancelled(turn, cancel))
         try:
-            loop = asyncio.get_running_loop()
             began = time.perf_counter()
             audio, _ = await loop.run_in_executor(
                 self._pool, lambda: kokoro.create(text, voice, speed=speed, lang=lang)
             )
             took = time.perf_counter() - began
         finally:
-            self._kokoros.put_nowait(kokoro)
+            self._kokoros.release(kokoro)
         self.stats["spans"] += 1
         if self.pace is not None:
             self.pace.observe(len(text), took, len(audio) / SAMPLE_RATE, speed)
@@ -321,17 +359,42 @@ class KokoroEngine(Engine):
         if not SPEED_RANGE[0] <= request.speed <= SPEED_RANGE[1]:
             raise EngineError(f"kokoro speaks at speed {SPEED_RANGE[0]}..{SPEED_RANGE[1]}")
         lang = _REQUEST_LANG.get(request.language) or voice_language(request.voice)
+        self._active += 1
+        try:
+            async with contextlib.aclosing(self._speak(request, lang, cancel)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self._active -= 1
+
+    async def _speak(
+        self, request: SynthesisRequest, lang: str, cancel: Cancellation
+    ) -> AsyncIterator[AudioChunk]:
+        # The cut is planned at the pace this sentence will get: the sentences in flight
+        # take turns on the streams.
+        pace = self.pace.shared(self._active / self.streams) if self.pace else None
         spans = (
-            split_first(request.text, self.first_span_chars, self.pace, request.speed)
+            split_first(request.text, self.first_span_chars, pace, request.speed)
             if request.opens_utterance
             else [request.text]
         )
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        playing_since: float | None = None  # when this sentence's first chunk went out
+        sent_s = 0.0  # seconds of audio it has sent
         for i, span in enumerate(spans):
             if cancel.is_set():
                 self.stats["cancelled"] += 1
                 return
+            if playing_since is not None:
+                deadline = playing_since + sent_s  # when its listener runs dry
+            else:
+                deadline = asked if request.opens_utterance else asked + LATER_SENTENCE_SLACK_S
             try:
-                audio = await self._span(span, request.voice, request.speed, lang)
+                audio = await self._span(span, request.voice, request.speed, lang, deadline, cancel)
+            except Cancelled:
+                self.stats["cancelled"] += 1
+                return
             except ValueError as exc:  # kokoro-onnx: nothing it can phonemize, bad voice
                 raise EngineError(f"kokoro: {exc}") from None
             if len(spans) > 1:
@@ -344,4 +407,8 @@ class KokoroEngine(Engine):
                 if cancel.is_set():
                     self.stats["cancelled"] += 1
                     return
-                yield AudioChunk(pcm[start : start + self.chunk_samples])
+                chunk = pcm[start : start + self.chunk_samples]
+                if playing_since is None:
+                    playing_since = loop.time()
+                sent_s += len(chunk) / SAMPLE_RATE
+                yield AudioChunk(chunk)

@@ -34,6 +34,12 @@ class Pace:
         self.rtf += _SMOOTHING * (max(rtf, 0.01) - self.rtf)
         self.seconds_per_char += _SMOOTHING * (audio_s * speed / chars - self.seconds_per_char)
 
+    def shared(self, by: float) -> Pace:
+        """The pace one of `by` sentences sees while they take turns on one stream."""
+        if by <= 1:
+            return self
+        return Pace(self.overhead_s * by, self.rtf * by, self.seconds_per_char)
+
     def audio_s(self, chars: int, speed: float = 1.0) -> float:
         return chars * self.seconds_per_char / speed
 

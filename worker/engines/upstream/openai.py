@@ -17,15 +17,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from worker.engines.base import Cancellation, EngineError
+from worker.engines.base import Cancellation, Cancelled, EngineError, unless_cancelled
 from worker.engines.upstream.pcm import PcmAssembler
-from worker.engines.upstream.target import (
-    Cancelled,
-    Sentence,
-    Target,
-    error_message,
-    unless_cancelled,
-)
+from worker.engines.upstream.target import Sentence, Target, error_message
 
 ERROR_BODY_BYTES = 64 * 1024  # an error body longer than this is cut, not held
 # Below the 5 s idle timeout of uvicorn and Node servers, so an idle connection is dropped

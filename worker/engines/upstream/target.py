@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from worker.engines.base import Cancellation
-
-T = TypeVar("T")
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,24 +57,3 @@ def error_message(payload: Any) -> str:
         if isinstance(payload.get("detail"), str):
             return payload["detail"][:300]
     return ""
-
-
-class Cancelled(Exception):
-    """The sentence was cancelled while waiting on the upstream."""
-
-
-async def unless_cancelled(awaitable: Awaitable[T], cancel: Cancellation) -> T:
-    """`awaitable`'s result, or Cancelled as soon as `cancel` is set: a connect or a first
-    answer the upstream is slow to give must not hold a cancelled sentence's slot."""
-    work = asyncio.ensure_future(awaitable)
-    stop = asyncio.ensure_future(cancel.wait())
-    try:
-        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-    if work.done():
-        return work.result()
-    work.cancel()
-    with contextlib.suppress(BaseException):
-        await work
-    raise Cancelled

@@ -24,15 +24,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
-from worker.engines.base import Cancellation, EngineError
+from worker.engines.base import Cancellation, Cancelled, EngineError, unless_cancelled
 from worker.engines.upstream.pcm import PcmAssembler
-from worker.engines.upstream.target import (
-    Cancelled,
-    Sentence,
-    Target,
-    error_message,
-    unless_cancelled,
-)
+from worker.engines.upstream.target import Sentence, Target, error_message
 
 log = logging.getLogger("voxline.worker.upstream")
 
