@@ -24,7 +24,8 @@ between spans. Here instead:
   factor keeps real time) on `streams` ONNX Runtime sessions run from a thread pool (a
   session run holds no GIL), the cores split between them. The spans of the sentences in
   flight take turns on the sessions earliest deadline first (`sessions.py`): an utterance's
-  opening clause at once, the next span of a playing sentence before its listener runs dry.
+  opening clause within half a second, the next span of a playing sentence before its
+  listener runs dry.
   Default one stream with every core: on 2 cores two streams of one thread each made 2.25x
   real time against 3.5x for one (bench/kokoro.py, docs/benchmarks.md).
 - Voices and languages. Voice names come from the voices file. A voice's first letter picks
@@ -77,8 +78,11 @@ JOIN_PAUSE_S = 0.1
 # (bench/voices.py --heads: recognizer word error rate cut 0.071 against 0.153 whole).
 MIN_HEAD_CHARS = 4
 MAX_SPANS = 3  # a first sentence is cut at most twice: each join is a pause
-# A later sentence is asked for while earlier ones play; how long until it is needed is not
-# known here, so it yields to utterances' openings asked for up to this much after it.
+# A later sentence is asked for while earlier ones play; when it is needed is not known
+# here, so it yields to utterances' openings asked for up to half a second after it.
+# An utterance's opening yields to the next span of a sentence already playing when that is
+# due within this long: its first word comes later, rather than a gap in words already heard.
+OPENING_WAIT_S = 0.5
 LATER_SENTENCE_SLACK_S = 1.0
 TYPICAL_SENTENCE_S = 3.0  # of speech: what capacity() is counted in
 # The longest wait for a span the cut may risk: with the pause, a join is then at most 0.35 s
@@ -389,7 +393,8 @@ class KokoroEngine(Engine):
             if playing_since is not None:
                 deadline = playing_since + sent_s  # when its listener runs dry
             else:
-                deadline = asked if request.opens_utterance else asked + LATER_SENTENCE_SLACK_S
+                wait = OPENING_WAIT_S if request.opens_utterance else LATER_SENTENCE_SLACK_S
+                deadline = asked + wait
             try:
                 audio = await self._span(span, request.voice, request.speed, lang, deadline, cancel)
             except Cancelled:

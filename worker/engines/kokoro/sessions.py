@@ -1,11 +1,11 @@
 """The model's ONNX Runtime sessions, lent one span at a time to the sentences in flight,
 earliest deadline first.
 
-A span's deadline is when its listener would need it: for an utterance's opening span, the
-moment it was asked for (a listener hears nothing yet); for the next span of a sentence that
-is playing, when what it already sent runs out. So with several sentences in flight on one
-session, every new utterance's first clause goes ahead of the rest of sentences that are
-already playing, and those go in the order their listeners would run dry."""
+A span's deadline is when its listener would need it (the engine sets it): for the next span
+of a sentence that is playing, when what it already sent runs out; for an utterance's opening,
+shortly after it was asked for. So with several sentences in flight on one stream, a new
+utterance's first clause goes ahead of everything not due sooner, and the rest go in the
+order their listeners would run dry."""
 
 from __future__ import annotations
 
