@@ -19,7 +19,7 @@ import numpy as np
 
 from worker.engines.base import Cancellation, Cancelled, EngineError, unless_cancelled
 from worker.engines.upstream.pcm import PcmAssembler
-from worker.engines.upstream.target import Sentence, Target, error_message
+from worker.engines.upstream.target import Sentence, Target, error_message, optional_fields
 
 ERROR_BODY_BYTES = 64 * 1024  # an error body longer than this is cut, not held
 # Below the 5 s idle timeout of uvicorn and Node servers, so an idle connection is dropped
@@ -56,13 +56,7 @@ class OpenAISpeech:
             "voice": sentence.voice,
             "response_format": "pcm",
         }
-        if sentence.speed != 1.0:
-            body["speed"] = sentence.speed
-        if sentence.language != "Auto":
-            body["language"] = sentence.language
-        if self.target.sample_rate != 24000:
-            body["sample_rate"] = self.target.sample_rate
-        return body
+        return body | optional_fields(sentence, self.target)
 
     async def speak(self, sentence: Sentence, cancel: Cancellation) -> AsyncIterator[np.ndarray]:
         try:

@@ -43,6 +43,19 @@ class Sentence:
     language: str = "Auto"
 
 
+def optional_fields(sentence: Sentence, target: Target) -> dict[str, Any]:
+    """What both protocols send only when it differs from the servers' defaults (a server
+    that does not know a field may refuse it, so a default is left out)."""
+    fields: dict[str, Any] = {}
+    if sentence.speed != 1.0:
+        fields["speed"] = sentence.speed
+    if sentence.language != "Auto":
+        fields["language"] = sentence.language
+    if target.sample_rate != 24000:
+        fields["sample_rate"] = target.sample_rate
+    return fields
+
+
 def error_message(payload: Any) -> str:
     """The message of an OpenAI-style error body ({"error": {"message"}}) or a vllm-omni /
     voxline `error` frame ({"message"}); FastAPI's {"detail"} too."""

@@ -26,7 +26,7 @@ from websockets.protocol import State
 
 from worker.engines.base import Cancellation, Cancelled, EngineError, unless_cancelled
 from worker.engines.upstream.pcm import PcmAssembler
-from worker.engines.upstream.target import Sentence, Target, error_message
+from worker.engines.upstream.target import Sentence, Target, error_message, optional_fields
 
 log = logging.getLogger("voxline.worker.upstream")
 
@@ -99,13 +99,7 @@ class VllmOmniStream:
         }
         if self.target.model:
             config["model"] = self.target.model
-        if sentence.speed != 1.0:
-            config["speed"] = sentence.speed
-        if sentence.language != "Auto":
-            config["language"] = sentence.language
-        if self.target.sample_rate != 24000:
-            config["sample_rate"] = self.target.sample_rate
-        return config
+        return config | optional_fields(sentence, self.target)
 
     async def speak(self, sentence: Sentence, cancel: Cancellation) -> AsyncIterator[np.ndarray]:
         link = self._take()
