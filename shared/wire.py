@@ -1,9 +1,20 @@
-"""The msgpack wire codec between front end and workers: jobs, return-path events, cancels."""
+"""The msgpack wire codec between front end and workers: jobs, return-path events, cancels.
+
+Front ends and workers of neighbouring versions share one Redis during a rolling upgrade, so
+every reader accepts what a version before or after it writes:
+- a job is a map of field names (it waits in a stream, where a job written by the previous
+  version may still be when the new workers start): a field the reader does not know is
+  ignored, a field the writer did not know takes its default. The positional list the
+  previous version wrote is read too.
+- events and cancels are lists (one per audio chunk: no names to repeat), whose fields are
+  only ever added at the end: a reader ignores fields after the ones it knows, and a field
+  missing at the end takes its default.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -29,28 +40,20 @@ class Job:
     batch: str = ""  # the batch job's id; "" for a real-time sentence
 
     def pack(self) -> bytes:
-        return msgpack.packb(
-            [
-                self.session_id,
-                self.utterance,
-                self.sentence,
-                self.text,
-                self.voice,
-                self.format,
-                self.sample_rate,
-                self.stream_audio,
-                self.speed,
-                self.language,
-                self.word_timestamps,
-                self.enqueued_at,
-                self.extra,
-                self.batch,
-            ]
-        )
+        return msgpack.packb({name: getattr(self, name) for name in _JOB_FIELDS})
 
     @classmethod
     def unpack(cls, data: bytes) -> Job:
-        return cls(*msgpack.unpackb(data))
+        raw = msgpack.unpackb(data)
+        if isinstance(raw, list):  # the previous version's positional encoding
+            raw = dict(zip(_JOB_FIELDS, raw, strict=False))
+        if not isinstance(raw, dict):
+            raise ValueError(f"a job is a map, not {type(raw).__name__}")
+        return cls(**{name: value for name, value in raw.items() if name in _JOB_FIELDS})
+
+
+# In the order the positional encoding used; new fields go at the end.
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
 
 
 class EventKind(enum.IntEnum):
@@ -86,7 +89,9 @@ class Event:
 
     @classmethod
     def unpack(cls, data: bytes) -> Event:
-        kind, utterance, sentence, seq, payload, attempt = msgpack.unpackb(data)
+        kind, utterance, sentence, seq, *rest = msgpack.unpackb(data)
+        payload = rest[0] if rest else None
+        attempt = rest[1] if len(rest) > 1 else 1
         return cls(EventKind(kind), utterance, sentence, seq, payload, attempt)
 
 
@@ -103,7 +108,7 @@ class Cancel:
 
     @classmethod
     def unpack(cls, data: bytes) -> Cancel:
-        return cls(*msgpack.unpackb(data))
+        return cls(*msgpack.unpackb(data)[:3])
 
     def matches(self, job: Job) -> bool:
         if job.session_id != self.session_id:

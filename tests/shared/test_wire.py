@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from shared.wire import Cancel, Event, EventKind, Job
@@ -59,3 +60,51 @@ def test_cancel_matching(cancel: Cancel, utterance: int, sentence: int, hit: boo
     job = Job("s", utterance, sentence, "x", "v")
     assert cancel.matches(job) is hit
     assert Cancel.unpack(cancel.pack()) == cancel
+
+
+# What the previous version wrote (voxline before the map encoding): the fields in order.
+def previous_job_encoding(job: Job) -> bytes:
+    return msgpack.packb(
+        [
+            job.session_id,
+            job.utterance,
+            job.sentence,
+            job.text,
+            job.voice,
+            job.format,
+            job.sample_rate,
+            job.stream_audio,
+            job.speed,
+            job.language,
+            job.word_timestamps,
+            job.enqueued_at,
+            job.extra,
+            job.batch,
+        ]
+    )
+
+
+def test_a_job_from_the_previous_version_reads_back_whole() -> None:
+    job = Job("s1", 2, 7, "Hello.", "en", "mulaw", 8000, True, 1.5, "de", True, 12.5, {}, "b1")
+    assert Job.unpack(previous_job_encoding(job)) == job
+
+
+def test_a_job_from_a_newer_or_older_writer_reads_with_what_it_knows() -> None:
+    job = Job("s1", 0, 3, "Hello.", "en", stream_audio=True)
+    newer = msgpack.unpackb(job.pack()) | {"priority": 5, "trace": {"id": "abc"}}
+    assert Job.unpack(msgpack.packb(newer)) == job  # the fields it does not know: ignored
+    older = {"session_id": "s1", "utterance": 0, "sentence": 3, "text": "Hi.", "voice": "en"}
+    back = Job.unpack(msgpack.packb(older))
+    assert back.batch == "" and back.speed == 1.0 and back.format == "wav"  # defaults
+    with pytest.raises(TypeError):  # a required field missing is malformed
+        Job.unpack(msgpack.packb({"session_id": "s1"}))
+    with pytest.raises(ValueError, match="a job is a map"):
+        Job.unpack(msgpack.packb("s1"))
+
+
+def test_events_and_cancels_read_with_fields_added_at_the_end_or_not_yet() -> None:
+    newer = msgpack.packb([int(EventKind.DONE), 0, 1, 9, 4800, 2, "a field from later"])
+    assert Event.unpack(newer) == Event(EventKind.DONE, 0, 1, 9, 4800, 2)
+    before_attempts = msgpack.packb([int(EventKind.STARTED), 0, 1, 0, "w1"])
+    assert Event.unpack(before_attempts).attempt == 1
+    assert Cancel.unpack(msgpack.packb(["s", 1, None, "later"])) == Cancel("s", 1)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
 
 from api.queue import JobQueue
@@ -15,6 +16,7 @@ from shared.keys import Keys, batch_session
 from shared.streams import ensure_jobs_group
 from shared.wire import Event, EventKind, Job
 from tests.harness import pending_jobs, queued_jobs
+from tests.shared.test_wire import previous_job_encoding
 from worker.consumer import Worker
 from worker.engines import load_engine
 from worker.engines.tone import ToneEngine
@@ -399,3 +401,32 @@ async def test_a_job_acknowledged_with_its_done_is_never_taken_for_lost(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await redis.aclose()
+
+
+async def test_jobs_written_by_the_previous_and_a_newer_version_are_both_served(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A rolling upgrade: the stream holds a job a front end of the previous version queued
+    (positional encoding) and one from a newer front end (a field this worker does not
+    know); this worker serves both, audio and DONE, and drops neither as malformed."""
+    keys = Keys(key_prefix)
+    redis = connect(redis_url)
+    await ensure_jobs_group(redis, keys)
+    shard = keys.shard_of("sess")
+    old, new = _job(0, "From the previous version."), _job(1, "From a newer one.")
+    newer = msgpack.unpackb(new.pack()) | {"priority": 3}
+    await redis.xadd(shard.first, {"j": previous_job_encoding(old)})
+    await redis.xadd(shard.rest, {"j": msgpack.packb(newer)})
+    async with running_worker(redis_url, key_prefix) as worker:
+        async with listen(redis_url, keys.audio_channel("sess")) as events:
+            seen = [await _until_done(events), await _until_done(events)]
+        for sentence in seen:
+            assert sentence[-1].kind is EventKind.DONE, sentence[-1]
+            assert any(e.kind is EventKind.AUDIO for e in sentence)
+        assert sorted(s[-1].sentence for s in seen) == [0, 1]
+        for _ in range(100):
+            if worker.stats.get("completed", 0) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.stats["completed"] == 2 and not worker.stats.get("malformed")
+    await redis.aclose()
