@@ -258,7 +258,8 @@ def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
         "--engine",
         default=default,
-        help="espeak, kokoro, pocket-tts, vits or tone; vits defaults to MMS-TTS "
+        help="espeak, kokoro, pocket-tts, vits, upstream or tone, an engine another package "
+        "installs (entry points `voxline.engines`), or module:Class; vits defaults to MMS-TTS "
         "(facebook/mms-tts-eng), whose weights are CC-BY-NC-4.0: non-commercial use only "
         f"(default: {default})",
     )

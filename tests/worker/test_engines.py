@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from worker.engines import ENGINES, load_engine
-from worker.engines.base import Cancellation, Engine, split_words
+from worker.engines.base import Cancellation, Engine, SynthesisRequest, split_words
 from worker.engines.espeak import EspeakEngine
 from worker.engines.tone import ToneEngine
 
@@ -80,3 +80,60 @@ def test_split_words_trims_punctuation_and_keeps_offsets() -> None:
     assert [w for w, _, _ in words] == ["Hello", "world", "don't", "stop", "3.5", "नमस्ते"]
     assert all(text[a:b] == w for w, a, b in words)
     assert split_words(text, 9, 15) == [("world", 9, 14)]
+
+
+THIRD_PARTY = '''
+from worker.engines.tone import ToneEngine
+
+
+class LouderTone(ToneEngine):
+    """An engine voxline does not ship, from a package of its own."""
+
+
+class NotAnEngine:
+    pass
+'''
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:  # type: ignore[no-untyped-def]
+    """A package on the path that declares an engine in the `voxline.engines` group, as an
+    installed distribution does (its dist-info's entry_points.txt)."""
+    module = f"vx_third_party_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(THIRD_PARTY)
+    info = tmp_path / "vx_third_party-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vx-third-party\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[voxline.engines]\nlouder = {module}:LouderTone\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return module
+
+
+async def test_an_engine_of_another_package_is_found_by_entry_point_or_module(
+    third_party: str,
+) -> None:
+    by_entry_point = load_engine("louder", {"rtf": "0"})
+    assert type(by_entry_point).__name__ == "LouderTone"
+    assert isinstance(by_entry_point, ToneEngine) and by_entry_point.rtf == 0
+    by_path = load_engine(f"{third_party}:LouderTone")
+    assert type(by_path) is type(by_entry_point)
+    await by_path.start()
+    request = SynthesisRequest("Hello there.", by_path.info.default_voice)
+    assert [c async for c in by_path.synthesize(request, Cancellation())]
+    with pytest.raises(ValueError, match="unknown engine 'nope'.*louder.*module:Class"):
+        load_engine("nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("{m}:NotAnEngine", "is not an Engine"),
+        ("{m}:Missing", "has no 'Missing'"),
+        ("vx_no_such_module:Engine", "cannot import 'vx_no_such_module'"),
+    ],
+)
+def test_a_named_class_that_is_no_engine_is_a_clear_error(
+    third_party: str, name: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_engine(name.format(m=third_party))
