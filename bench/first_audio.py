@@ -26,6 +26,7 @@ from api.app import create_app
 from api.server import WS_OPTIONS
 from shared.config import Settings
 from shared.connections import connect
+from shared.protocol import EXTENSIONS
 from voxline.progress import note
 from worker.consumer import Worker
 from worker.engines import load_engine
@@ -76,7 +77,9 @@ async def pipeline(url: str, n: int) -> list[float]:
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     samples = []
-    async with websockets.connect(f"ws://127.0.0.1:{port}/v1/audio/speech/stream") as ws:
+    async with websockets.connect(
+        f"ws://127.0.0.1:{port}/v1/audio/speech/stream", subprotocols=[EXTENSIONS]
+    ) as ws:
         await ws.send(
             json.dumps({"type": "session.config", "response_format": "pcm", "stream_audio": True})
         )

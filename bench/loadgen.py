@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.connections import connect as redis_connect  # noqa: E402
 from shared.connections import pubsub as open_pubsub  # noqa: E402
 from shared.keys import Keys  # noqa: E402
+from shared.protocol import EXTENSIONS  # noqa: E402
 from shared.wire import Cancel, Event, EventKind  # noqa: E402
 
 RATE = 24000
@@ -59,7 +60,9 @@ def long_text(chars: int) -> str:
 
 
 async def open_session(url: str) -> tuple[Any, dict[str, Any]]:
-    ws = await websockets.connect(url, max_size=None, open_timeout=30, ping_interval=None)
+    ws = await websockets.connect(
+        url, max_size=None, open_timeout=30, ping_interval=None, subprotocols=[EXTENSIONS]
+    )
     await ws.send(CONFIG)
     ready = json.loads(await ws.recv())
     if ready.get("type") != "session.ready":

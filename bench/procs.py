@@ -26,7 +26,7 @@ import redis
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from shared.protocol import PATH
+from shared.protocol import EXTENSIONS, PATH
 from worker.engines.tone import ToneEngine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -512,7 +512,13 @@ async def session_slot(
     backoff = load.connect_backoff[0]
     while not stop.is_set():
         try:
-            ws = await websockets.connect(url, max_size=None, open_timeout=10, close_timeout=5)
+            ws = await websockets.connect(
+                url,
+                max_size=None,
+                open_timeout=10,
+                close_timeout=5,
+                subprotocols=[EXTENSIONS],
+            )
         except (OSError, TimeoutError, websockets.InvalidHandshake):
             tally.connect_failures += 1
             await asyncio.sleep(backoff)
