@@ -16,6 +16,22 @@ from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServ
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# A test that uses one of these (itself or through another fixture) talks to Redis, real or
+# in-memory, through a running pipeline or worker: an integration test.
+INTEGRATION_FIXTURES = {"redis_url", "key_prefix", "pipeline", "redis_cluster_nodes"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test `integration` or `unit`, so `pytest -m unit` runs the fast subset."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        slow = any(item.get_closest_marker(m) for m in ("multiprocess", "weights", "integration"))
+        if slow or fixtures & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 def real_redis_or_fail() -> None:
     """Skip without a Redis server locally; under CI=true a missing Redis fails the run."""
     try:

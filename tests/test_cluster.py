@@ -24,6 +24,9 @@ from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes
 from tests.worker.test_recovery import FAST, TEXT, ghost_pipeline, reference_audio, worker_on
 from worker.engines.tone import ToneEngine
 
+# A Redis Cluster of its own.
+pytestmark = pytest.mark.integration
+
 SHARDS = 3
 SENTENCES = ["First of three.", "Second one here.", "And the third."]
 

@@ -13,10 +13,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import websockets
 
 from shared.protocol import PATH
 from tests.processes import voxline_stack
+
+# A front end in a process of its own, its memory measured.
+pytestmark = pytest.mark.integration
 
 MESSAGES = 100
 MESSAGE = "Hi. " * 21_000  # 84 000 characters, 21 000 sentences

@@ -9,9 +9,13 @@ import signal
 import time
 
 import httpx
+import pytest
 
 from tests.harness import Client, Pipeline, start_pipeline
 from tests.redis_servers import RedisServer
+
+# Redis servers of its own, frozen and restarted.
+pytestmark = pytest.mark.integration
 
 FAST = {"claim_idle": 0.5, "heartbeat_interval": 0.3, "worker_ttl": 2.0, "lease_ttl": 1.5}
 

@@ -61,6 +61,9 @@ from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client, Pipeline, start_pipeline
 from worker.engines.tone import DEFAULT_VOICE, VOICES
 
+# Property-based: thousands of frames against a running front end.
+pytestmark = pytest.mark.integration
+
 # Small limits keep oversized frames cheap to make and send.
 MAX_MESSAGE_BYTES = 4096
 MAX_BUFFER_CHARS = 600

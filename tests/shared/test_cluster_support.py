@@ -29,6 +29,9 @@ from shared.connections import connect, is_cluster, parse_cluster_url, redacted
 from shared.keys import JOBS_GROUP
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServer
 
+# A Redis Cluster of its own.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def prefix() -> str:

@@ -17,6 +17,9 @@ from worker.engines.base import Cancellation, SynthesisRequest
 from worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine, split_first
 from worker.engines.kokoro.loading import KokoroMissing
 
+# The real int8 Kokoro-82M: loaded for each test.
+pytestmark = pytest.mark.weights
+
 LONG_FIRST = "Well, as I was saying yesterday, the weather has been wonderful all week long."
 
 
