@@ -149,7 +149,9 @@ async def test_a_lost_sentence_is_queued_again(redis_url: str, key_prefix: str) 
         shard = keys.shard_of(batch_session(batch_id))
 
         async def queued() -> bool:
-            return await redis.xlen(shard.batch) == 6
+            # The entries go in, then their ids are written down: wait for both.
+            recorded = await redis.hlen(keys.batch_queued(batch_id))
+            return await redis.xlen(shard.batch) == 6 and recorded == 6
 
         await _until(queued)
         lost = await redis.hget(keys.batch_queued(batch_id), "2")
