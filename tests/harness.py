@@ -230,3 +230,13 @@ class Client:
                 return sentences, message
             else:
                 raise AssertionError(f"unexpected message {message}")
+
+
+async def settled(worker: Worker, outcomes: tuple[str, ...], total: int) -> dict[str, int]:
+    """The worker's counters once `total` jobs reached one of `outcomes` (or 5 s passed): a
+    job is counted as it settles, a moment after the DONE the client already heard."""
+    for _ in range(500):
+        if sum(worker.stats.get(name, 0) for name in outcomes) >= total:
+            break
+        await asyncio.sleep(0.01)
+    return dict(worker.stats)

@@ -15,7 +15,7 @@ from shared.connections import connect
 from shared.keys import Keys, batch_session
 from shared.streams import ensure_jobs_group
 from shared.wire import Event, EventKind, Job
-from tests.harness import pending_jobs, queued_jobs
+from tests.harness import pending_jobs, queued_jobs, settled
 from tests.shared.test_wire import previous_job_encoding
 from worker.consumer import Worker
 from worker.engines import load_engine
@@ -270,10 +270,7 @@ async def test_claims_follow_the_engines_capacity(
         assert len(worker.in_flight) == held
         assert await pending_jobs(redis, keys) == held
         engine.slots = 1  # capacity fell: no new claim until in-flight work drops below it
-        for _ in range(500):
-            if worker.stats.get("completed", 0) >= held:
-                break
-            await asyncio.sleep(0.01)
+        await settled(worker, ("completed",), held)
         assert worker.claimed_max == held
         assert len(worker.in_flight) <= 1
     finally:
@@ -391,11 +388,8 @@ async def test_a_job_acknowledged_with_its_done_is_never_taken_for_lost(
         assert await pending_jobs(redis, keys) == 0  # acknowledged with DONE
         await asyncio.sleep(0.2)
         release.set()
-        for _ in range(100):
-            if worker.stats.get("completed", 0) + worker.stats.get("lost", 0):
-                break
-            await asyncio.sleep(0.01)
-        assert worker.stats.get("lost", 0) == 0 and worker.stats["completed"] == 1
+        stats = await settled(worker, ("completed", "lost"), 1)
+        assert stats.get("lost", 0) == 0 and stats["completed"] == 1
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -424,9 +418,6 @@ async def test_jobs_written_by_the_previous_and_a_newer_version_are_both_served(
             assert sentence[-1].kind is EventKind.DONE, sentence[-1]
             assert any(e.kind is EventKind.AUDIO for e in sentence)
         assert sorted(s[-1].sentence for s in seen) == [0, 1]
-        for _ in range(100):
-            if worker.stats.get("completed", 0) >= 2:
-                break
-            await asyncio.sleep(0.01)
-        assert worker.stats["completed"] == 2 and not worker.stats.get("malformed")
+        stats = await settled(worker, ("completed",), 2)
+        assert stats["completed"] == 2 and not stats.get("malformed")
     await redis.aclose()

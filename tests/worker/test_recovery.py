@@ -17,7 +17,14 @@ from shared.connections import connect
 from shared.keys import JOBS_GROUP, Keys
 from shared.streams import ensure_jobs_group
 from shared.wire import Event, EventKind, Job
-from tests.harness import Client, Pipeline, pending_jobs, queued_jobs, start_pipeline
+from tests.harness import (
+    Client,
+    Pipeline,
+    pending_jobs,
+    queued_jobs,
+    settled,
+    start_pipeline,
+)
 from worker.consumer import Worker
 from worker.engines import load_engine
 from worker.recovery import Recovery
@@ -110,16 +117,6 @@ async def reference_audio(pipeline: Pipeline, text: str) -> bytes:
         await client.send("input.done")
         sentences, _ = await client.utterance()
     return sentences[0].audio
-
-
-async def settled(worker: Worker, outcomes: tuple[str, ...], total: int) -> dict[str, int]:
-    """The worker's counters once `total` jobs reached one of `outcomes`: a job is counted
-    as it settles, a moment after the DONE the client already heard."""
-    for _ in range(500):
-        if sum(worker.stats.get(name, 0) for name in outcomes) >= total:
-            break
-        await asyncio.sleep(0.01)
-    return dict(worker.stats)
 
 
 async def test_a_dead_workers_unstarted_sentence_is_retried_transparently(

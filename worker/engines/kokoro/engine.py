@@ -78,11 +78,11 @@ JOIN_PAUSE_S = 0.1
 # (bench/voices.py --heads: recognizer word error rate cut 0.071 against 0.153 whole).
 MIN_HEAD_CHARS = 4
 MAX_SPANS = 3  # a first sentence is cut at most twice: each join is a pause
-# A later sentence is asked for while earlier ones play; when it is needed is not known
-# here, so it yields to utterances' openings asked for up to half a second after it.
 # An utterance's opening yields to the next span of a sentence already playing when that is
 # due within this long: its first word comes later, rather than a gap in words already heard.
 OPENING_WAIT_S = 0.5
+# A later sentence is asked for while earlier ones play; when it is needed is not known
+# here, so it yields to utterances' openings asked for up to half a second after it.
 LATER_SENTENCE_SLACK_S = 1.0
 TYPICAL_SENTENCE_S = 3.0  # of speech: what capacity() is counted in
 # The longest wait for a span the cut may risk: with the pause, a join is then at most 0.35 s
@@ -131,8 +131,11 @@ def split_first(
     first clause allows it, the sentence stays whole: a later start rather than a stall."""
     if len(text) <= first_span_chars:
         return [text]
-    marks = [(c, n) for c, n in _marks(text) if len(text[:c].strip()) >= MIN_HEAD_CHARS]
-    marks = [(c, n) for c, n in marks if text[n:].strip()]
+    marks = [
+        (c, n)
+        for c, n in _marks(text)
+        if len(text[:c].strip()) >= MIN_HEAD_CHARS and text[n:].strip()
+    ]
     if not marks:
         return [text]
     if pace is None:
