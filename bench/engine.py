@@ -29,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voxline.progress import note  # noqa: E402
-from worker.engines.base import Cancellation, SynthesisRequest  # noqa: E402
-from worker.engines.pocket.checkpoint import build_checkpoint  # noqa: E402
-from worker.engines.pocket.engine import PocketTTSEngine  # noqa: E402
-from worker.engines.pocket.scheduler import Stats  # noqa: E402
+from voxline.worker.engines.base import Cancellation, SynthesisRequest  # noqa: E402
+from voxline.worker.engines.pocket.checkpoint import build_checkpoint  # noqa: E402
+from voxline.worker.engines.pocket.engine import PocketTTSEngine  # noqa: E402
+from voxline.worker.engines.pocket.scheduler import Stats  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank today."
 DEFAULT_NS = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32]

@@ -22,14 +22,14 @@ import uuid
 import uvicorn
 import websockets
 
-from api.app import create_app
-from api.server import WS_OPTIONS
-from shared.config import Settings
-from shared.connections import connect
-from shared.protocol import EXTENSIONS
+from voxline.api.app import create_app
+from voxline.api.server import WS_OPTIONS
 from voxline.progress import note
-from worker.consumer import Worker
-from worker.engines import load_engine
+from voxline.shared.config import Settings
+from voxline.shared.connections import connect
+from voxline.shared.protocol import EXTENSIONS
+from voxline.worker.consumer import Worker
+from voxline.worker.engines import load_engine
 
 
 def pct(values: list[float], q: float) -> float:

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import uvicorn
 
-from api.app import create_app
-from api.server import WS_OPTIONS
-from shared.config import Settings
-from worker.consumer import Worker
-from worker.engines.base import Engine
+from voxline.api.app import create_app
+from voxline.api.server import WS_OPTIONS
+from voxline.shared.config import Settings
+from voxline.worker.consumer import Worker
+from voxline.worker.engines.base import Engine
 
 
 @contextlib.asynccontextmanager

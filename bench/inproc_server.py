@@ -23,12 +23,12 @@ import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from api.server import WS_OPTIONS  # noqa: E402
-from api.splitter import SentenceSplitter  # noqa: E402
-from shared import protocol  # noqa: E402
-from shared.runtime import freeze_startup_objects  # noqa: E402
-from worker.engines import load_engine  # noqa: E402
-from worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
+from voxline.api.server import WS_OPTIONS  # noqa: E402
+from voxline.api.splitter import SentenceSplitter  # noqa: E402
+from voxline.shared import protocol  # noqa: E402
+from voxline.shared.runtime import freeze_startup_objects  # noqa: E402
+from voxline.worker.engines import load_engine  # noqa: E402
+from voxline.worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
 
 
 def create_app(engine: Engine) -> FastAPI:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inproc import voxline  # noqa: E402
 from bench.wsclient import pct, utterance  # noqa: E402
-from shared.protocol import PATH  # noqa: E402
-from worker.engines import load_engine  # noqa: E402
-from worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine  # noqa: E402
+from voxline.shared.protocol import PATH  # noqa: E402
+from voxline.worker.engines import load_engine  # noqa: E402
+from voxline.worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine  # noqa: E402
 
 UTTERANCE = (
     "Well, as I was saying yesterday, the weather has been wonderful all week long. "

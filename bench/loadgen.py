@@ -34,11 +34,11 @@ from typing import Any
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from shared.connections import connect as redis_connect  # noqa: E402
-from shared.connections import pubsub as open_pubsub  # noqa: E402
-from shared.keys import Keys  # noqa: E402
-from shared.protocol import EXTENSIONS  # noqa: E402
-from shared.wire import Cancel, Event, EventKind  # noqa: E402
+from voxline.shared.connections import connect as redis_connect  # noqa: E402
+from voxline.shared.connections import pubsub as open_pubsub  # noqa: E402
+from voxline.shared.keys import Keys  # noqa: E402
+from voxline.shared.protocol import EXTENSIONS  # noqa: E402
+from voxline.shared.wire import Cancel, Event, EventKind  # noqa: E402
 
 RATE = 24000
 STAMP_BYTES = 8

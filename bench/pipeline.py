@@ -42,8 +42,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.procs import ROOT, Stack, free_port  # noqa: E402
-from shared.protocol import PATH  # noqa: E402
 from voxline.progress import note  # noqa: E402
+from voxline.shared.protocol import PATH  # noqa: E402
 
 CHUNK_MS = 80
 # ttfa: sentences of ~1 s of audio (38 characters at 25 ms each), made at real time.

@@ -26,8 +26,8 @@ import redis
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from shared.protocol import EXTENSIONS, PATH
-from worker.engines.tone import ToneEngine
+from voxline.shared.protocol import EXTENSIONS, PATH
+from voxline.worker.engines.tone import ToneEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 # The redis-server launcher is the tests' own; tests/ is not installed, the checkout is.

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from procs import LoadConfig, Stack, Tally, rss_mib, session_slot
 
-from shared.keys import Keys
 from voxline.progress import note
+from voxline.shared.keys import Keys
 
 SETTINGS = {"session_ttl": "5"}
 WORKERS = 2

@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inproc import voxline  # noqa: E402
 from bench.wsclient import pct, utterance  # noqa: E402
-from shared.protocol import PATH  # noqa: E402
-from worker.engines import load_engine  # noqa: E402
+from voxline.shared.protocol import PATH  # noqa: E402
+from voxline.worker.engines import load_engine  # noqa: E402
 
 UTTERANCE = "The first sentence is here. A second one follows it. And the third ends it."
 PROTOCOLS = ["openai", "vllm-omni"]

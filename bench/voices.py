@@ -39,9 +39,9 @@ from pocketsphinx import Decoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker.engines import load_engine  # noqa: E402
-from worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
-from worker.engines.kokoro.engine import FADE_MS, JOIN_PAUSE_S, SAMPLE_RATE  # noqa: E402
+from voxline.worker.engines import load_engine  # noqa: E402
+from voxline.worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
+from voxline.worker.engines.kokoro.engine import FADE_MS, JOIN_PAUSE_S, SAMPLE_RATE  # noqa: E402
 
 SENTENCES = [
     "The weather is nice today.",

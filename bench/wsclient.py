@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import websockets
 
-from shared.protocol import EXTENSIONS
+from voxline.shared.protocol import EXTENSIONS
 
 
 def pct(values: list[float], q: float) -> float:

@@ -7,11 +7,11 @@ import io
 import av
 import numpy as np
 
-from api.splitter import SentenceSplitter
-from shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16
-from shared.config import Settings
-from worker.engines.base import Cancellation, SynthesisRequest
-from worker.engines.tone import ToneEngine
+from voxline.api.splitter import SentenceSplitter
+from voxline.shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16
+from voxline.shared.config import Settings
+from voxline.worker.engines.base import Cancellation, SynthesisRequest
+from voxline.worker.engines.tone import ToneEngine
 
 # PyAV's demuxer names for the containers voxline writes.
 CONTAINERS = {"mp3": "mp3", "opus": "ogg", "aac": "aac", "flac": "flac", "wav": "wav"}

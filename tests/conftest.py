@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from shared.connections import drop_memory_server
 from tests.harness import REDIS_URL, Pipeline, start_pipeline
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServer
+from voxline.shared.connections import drop_memory_server
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

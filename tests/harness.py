@@ -13,14 +13,14 @@ from typing import Any
 import uvicorn
 import websockets
 
-from api.app import create_app
-from api.server import WS_OPTIONS, Server
-from shared.channels import is_cluster
-from shared.config import Settings
-from shared.keys import JOBS_GROUP, Keys
-from shared.protocol import EXTENSIONS, PATH
-from worker.consumer import Worker
-from worker.engines import load_engine
+from voxline.api.app import create_app
+from voxline.api.server import WS_OPTIONS, Server
+from voxline.shared.channels import is_cluster
+from voxline.shared.config import Settings
+from voxline.shared.keys import JOBS_GROUP, Keys
+from voxline.shared.protocol import EXTENSIONS, PATH
+from voxline.worker.consumer import Worker
+from voxline.worker.engines import load_engine
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 RECV_TIMEOUT = 10.0

@@ -26,11 +26,11 @@ import pytest
 import redis
 import websockets
 
-from shared.keys import JOBS_GROUP, Keys, batch_session
 from tests.audio import numbered_text, tone_pcm
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL
 from tests.processes import voxline_stack
+from voxline.shared.keys import JOBS_GROUP, Keys, batch_session
 
 pytestmark = pytest.mark.multiprocess
 

@@ -15,14 +15,14 @@ import httpx
 import pytest
 from redis.cluster import RedisCluster as SyncCluster
 
-from shared.connections import connect
-from shared.keys import JOBS_GROUP, Keys
-from shared.streams import shard_advice
 from tests.conftest import CI
 from tests.harness import Client, Pipeline, pending_jobs, queued_jobs, start_pipeline
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes
 from tests.worker.test_recovery import FAST, TEXT, ghost_pipeline, reference_audio, worker_on
-from worker.engines.tone import ToneEngine
+from voxline.shared.connections import connect
+from voxline.shared.keys import JOBS_GROUP, Keys
+from voxline.shared.streams import shard_advice
+from voxline.worker.engines.tone import ToneEngine
 
 # A Redis Cluster of its own.
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ import uuid
 import pytest
 import redis
 
-from shared.keys import JOBS_GROUP, Keys
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client
 from tests.processes import voxline_stack
-from worker.engines.tone import ToneEngine
+from voxline.shared.keys import JOBS_GROUP, Keys
+from voxline.worker.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.multiprocess
 

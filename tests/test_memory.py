@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import websockets
 
-from shared.protocol import PATH
 from tests.processes import voxline_stack
+from voxline.shared.protocol import PATH
 
 # A front end in a process of its own, its memory measured.
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from shared.config import Settings
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client
 from tests.processes import voxline_stack
+from voxline.shared.config import Settings
 
 pytestmark = pytest.mark.multiprocess
 

@@ -13,7 +13,7 @@ from tests.conftest import real_redis_or_fail
 from tests.harness import Client
 from tests.processes import voxline_stack
 from tests.worker.vits_checkpoint import build_checkpoint as build_vits
-from worker.engines.pocket.checkpoint import build_checkpoint as build_pocket
+from voxline.worker.engines.pocket.checkpoint import build_checkpoint as build_pocket
 
 pytestmark = pytest.mark.multiprocess
 

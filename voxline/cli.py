@@ -11,10 +11,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from shared import runtime
-from shared.config import DEFAULT_REDIS_URL, Settings
-from shared.connections import redacted
-from shared.logs import FORMATS, configure_logging
+from voxline.shared import runtime
+from voxline.shared.config import DEFAULT_REDIS_URL, Settings
+from voxline.shared.connections import redacted
+from voxline.shared.logs import FORMATS, configure_logging
 
 DEFAULT_PORT = 8000
 REDIS_URL_HELP = f"Redis server (default: $VOXLINE_REDIS_URL, else {DEFAULT_REDIS_URL})"
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_hash_key(args: argparse.Namespace) -> int:
-    from api.auth import AuthConfigError, check_label, hash_key, new_key
+    from voxline.api.auth import AuthConfigError, check_label, hash_key, new_key
 
     if args.new and args.key is not None:
         raise SystemExit("voxline hash-key: give a KEY or --new, not both")
@@ -363,7 +363,7 @@ def _run_hash_key(args: argparse.Namespace) -> int:
 
 
 def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from worker.engines import load_engine
+    from voxline.worker.engines import load_engine
 
     try:
         options = _engine_options(args.engine_opt)
@@ -393,7 +393,7 @@ def _log_loading(engine, name: str, model: str | None) -> None:  # type: ignore[
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from worker.consumer import Worker
+    from voxline.worker.consumer import Worker
 
     settings = _settings(args)
     if settings.metrics_port:
@@ -405,7 +405,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         heartbeat_file=args.heartbeat_file,
     )
-    from worker.engines.base import EngineUnavailable
+    from voxline.worker.engines.base import EngineUnavailable
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -416,8 +416,8 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _run_arq(args: argparse.Namespace) -> int:
-    from batch.arq_worker import run_arq
-    from batch.connections import ArqUnavailable
+    from voxline.batch.arq_worker import run_arq
+    from voxline.batch.connections import ArqUnavailable
 
     settings = _settings(args)
     try:
@@ -460,26 +460,26 @@ def _report_arq_end(task: asyncio.Task[None]) -> None:
 def _run_http(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
-    from api.server import WS_OPTIONS, Server
+    from voxline.api.app import create_app
+    from voxline.api.server import WS_OPTIONS, Server
 
     settings = _settings(args)
     sidecar = None
     if args.command == "serve":
-        from worker.consumer import Worker
+        from voxline.worker.consumer import Worker
 
         engine = _make_engine(args)
 
         @contextlib.asynccontextmanager
         async def sidecar() -> AsyncIterator[None]:
-            from batch.arq_worker import run_arq
+            from voxline.batch.arq_worker import run_arq
 
             worker = Worker(settings, engine, concurrency=args.concurrency)
             task = asyncio.create_task(worker.run())
             ready = asyncio.create_task(worker.ready.wait())
             await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
-                from worker.engines.base import EngineUnavailable
+                from voxline.worker.engines.base import EngineUnavailable
 
                 try:
                     task.result()  # the worker failed to start: say why, loudly

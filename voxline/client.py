@@ -34,7 +34,6 @@ from typing import Any
 
 import websockets
 
-from shared.protocol import EXTENSIONS, PATH
 from voxline.events import (
     TERMINAL,
     Audio,
@@ -50,6 +49,7 @@ from voxline.events import (
     Words,
     event_of,
 )
+from voxline.shared.protocol import EXTENSIONS, PATH
 
 __all__ = [
     "Audio",

@@ -66,7 +66,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 import websockets
 
-from shared.protocol import EXTENSIONS
 from voxline.client import (
     Audio,
     AudioStart,
@@ -82,6 +81,7 @@ from voxline.client import (
     connect,
     first_message,
 )
+from voxline.shared.protocol import EXTENSIONS
 
 __all__ = ["VoxlineTTSService", "language_candidates"]
 

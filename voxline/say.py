@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import websockets
 
-from api.splitter import SentenceSplitter
-from shared.audio.wav import wav_bytes
+from voxline.api.splitter import SentenceSplitter
 from voxline.client import (
     Audio,
     AudioDone,
@@ -26,6 +25,7 @@ from voxline.client import (
     connect,
 )
 from voxline.progress import StatusLine
+from voxline.shared.audio.wav import wav_bytes
 
 PLAYERS = (
     ["aplay", "-q", "-f", "S16_LE", "-c", "1", "-r", "{rate}"],

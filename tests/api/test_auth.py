@@ -20,9 +20,10 @@ import httpx
 import pytest
 import websockets
 
-from api import auth
-from api.app import create_app
-from api.auth import (
+from tests.harness import Client, Pipeline, start_pipeline
+from voxline.api import auth
+from voxline.api.app import create_app
+from voxline.api.auth import (
     AuthConfigError,
     Authenticator,
     KeyEntry,
@@ -36,11 +37,10 @@ from api.auth import (
     presented_key,
     redact_query,
 )
-from shared.audio.wav import parse_wav
-from shared.config import Settings
-from tests.harness import Client, Pipeline, start_pipeline
 from voxline.cli import build_parser, main
 from voxline.say import say
+from voxline.shared.audio.wav import parse_wav
+from voxline.shared.config import Settings
 
 KEY = "vx_test-key-alpha-0123456789"
 OTHER_KEY = "vx_test-key-beta-9876543210"

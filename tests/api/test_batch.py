@@ -15,13 +15,13 @@ import pytest
 import redis
 from arq.constants import job_key_prefix
 
-from api.auth import hash_key
-from batch.connections import arq_job_id
-from batch.results import IN_REDIS, Results
-from shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id
-from shared.connections import Client, connect, is_memory
-from shared.keys import SESSION_CANCELLED, Keys, batch_session
 from tests.harness import Pipeline, start_pipeline
+from voxline.api.auth import hash_key
+from voxline.batch.connections import arq_job_id
+from voxline.batch.results import IN_REDIS, Results
+from voxline.shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id
+from voxline.shared.connections import Client, connect, is_memory
+from voxline.shared.keys import SESSION_CANCELLED, Keys, batch_session
 
 JOBS = "/v1/audio/speech/jobs"
 TEXT = "Hello there. This is a batch."

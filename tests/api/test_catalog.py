@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 
-from api.speech import OPENAI_MODELS
-from shared.voice_aliases import OPENAI_VOICES
 from tests.harness import start_pipeline
-from worker.engines.tone import DEFAULT_VOICE, VOICES
+from voxline.api.speech import OPENAI_MODELS
+from voxline.shared.voice_aliases import OPENAI_VOICES
+from voxline.worker.engines.tone import DEFAULT_VOICE, VOICES
 
 
 async def test_the_catalog_follows_the_workers(redis_url: str, key_prefix: str) -> None:

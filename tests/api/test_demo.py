@@ -23,10 +23,10 @@ import httpx
 import pytest
 import websockets
 
-from api import demo
-from api.auth import hash_key
 from tests.conftest import CI
 from tests.harness import start_pipeline
+from voxline.api import demo
+from voxline.api.auth import hash_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("VOXLINE_CHROMIUM", "/usr/bin/chromium"))
@@ -159,9 +159,9 @@ async def _choose_voice(page: Any, voice: str) -> None:
 def test_every_asset_is_package_data() -> None:
     """A non-editable install ships only what pyproject's package-data names."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["api.demo"]
+    patterns = config["tool"]["setuptools"]["package-data"]["voxline.api.demo"]
     for name in demo.ASSETS:
-        assert (ROOT / "api" / "demo" / name).is_file(), name
+        assert (ROOT / "voxline" / "api" / "demo" / name).is_file(), name
         assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not package data"
 
 

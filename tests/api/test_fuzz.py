@@ -44,11 +44,13 @@ import websockets
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from api.splitter import SentenceSplitter
-from shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
-from shared.capabilities import EngineInfo
-from shared.connections import drop_memory_server
-from shared.protocol import (
+from tests.conftest import real_redis_or_fail
+from tests.harness import REDIS_URL, Client, Pipeline, start_pipeline
+from voxline.api.splitter import SentenceSplitter
+from voxline.shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
+from voxline.shared.capabilities import EngineInfo
+from voxline.shared.connections import drop_memory_server
+from voxline.shared.protocol import (
     EXTENSIONS,
     PCM_RATE,
     ErrorCode,
@@ -56,10 +58,8 @@ from shared.protocol import (
     parse_client_message,
     parse_config,
 )
-from shared.wire import Job
-from tests.conftest import real_redis_or_fail
-from tests.harness import REDIS_URL, Client, Pipeline, start_pipeline
-from worker.engines.tone import DEFAULT_VOICE, VOICES
+from voxline.shared.wire import Job
+from voxline.worker.engines.tone import DEFAULT_VOICE, VOICES
 
 # Property-based: thousands of frames against a running front end.
 pytestmark = pytest.mark.integration

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.connections import connect
-from shared.keys import Keys
 from tests.harness import Client, start_pipeline
+from voxline.shared.connections import connect
+from voxline.shared.keys import Keys
 
 
 async def test_a_sentence_queued_right_after_its_lease_was_lost_still_plays(

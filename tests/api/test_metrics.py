@@ -15,10 +15,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.auth import hash_key
-from api.metrics import refresh_backlog
-from shared import metrics
 from tests.harness import Client, Pipeline, start_pipeline
+from voxline.api.auth import hash_key
+from voxline.api.metrics import refresh_backlog
+from voxline.shared import metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -9,9 +9,9 @@ import struct
 import httpx
 import pytest
 
-from api.auth import hash_key
 from tests.audio import decode, dominant_hz
 from tests.harness import Client, start_pipeline
+from voxline.api.auth import hash_key
 
 openai = pytest.importorskip("openai")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.connections import connect
-from shared.keys import Keys
 from tests.harness import Client, queued_jobs, start_pipeline
+from voxline.shared.connections import connect
+from voxline.shared.keys import Keys
 
 SLOW = {"rtf": "1.0", "ms_per_char": "20"}
 LONG = " ".join(f"Sentence number {i} is here." for i in range(10))

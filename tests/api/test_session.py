@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from shared.audio.wav import parse_wav
-from shared.wire import Event, EventKind
 from tests.harness import Client, Pipeline, start_pipeline
+from voxline.shared.audio.wav import parse_wav
+from voxline.shared.wire import Event, EventKind
 
 TWO = "Hello there. How are you today?"
 

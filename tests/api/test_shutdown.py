@@ -9,10 +9,10 @@ import httpx
 import pytest
 import websockets
 
-from shared.connections import connect
-from shared.keys import Keys, sentence_token
 from tests.harness import Client, start_pipeline
-from worker.engines.tone import ToneEngine
+from voxline.shared.connections import connect
+from voxline.shared.keys import Keys, sentence_token
+from voxline.worker.engines.tone import ToneEngine
 
 TEXT = "The first sentence plays to its end. The second never starts. Nor does the third."
 

@@ -11,12 +11,12 @@ from collections.abc import Callable
 import pytest
 from arq.constants import result_key_prefix
 
-from batch import arq_worker
-from batch.arq_worker import CRON_NAMES, make_worker
-from batch.connections import arq_job_id, arq_pool, enqueue_batch
-from shared.config import Settings
-from shared.keys import Keys
-from shared.tasks import stop
+from voxline.batch import arq_worker
+from voxline.batch.arq_worker import CRON_NAMES, make_worker
+from voxline.batch.connections import arq_job_id, arq_pool, enqueue_batch
+from voxline.shared.config import Settings
+from voxline.shared.keys import Keys
+from voxline.shared.tasks import stop
 
 ARQ = "arq.worker"
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from api.batch import batch_router
-from batch import callbacks
-from batch.arq_worker import make_worker
-from batch.callbacks import (
+from voxline.api.batch import batch_router
+from voxline.batch import callbacks
+from voxline.batch.arq_worker import make_worker
+from voxline.batch.callbacks import (
     NOT_ALLOWED,
     UNREACHABLE,
     CallbackConfigError,
@@ -27,7 +27,7 @@ from batch.callbacks import (
     parse_allow,
     redact_url,
 )
-from shared.config import Settings
+from voxline.shared.config import Settings
 
 BODY = b'{"id": "x", "status": "done"}'
 

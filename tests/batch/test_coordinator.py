@@ -16,20 +16,20 @@ from pathlib import Path
 
 import pytest
 
-import batch.coordinator
-from api.queue import JobQueue
-from batch.arq_worker import make_worker
-from batch.callbacks import redact_url
-from batch.connections import arq_job_id, arq_pool, enqueue_batch
-from batch.coordinator import Coordinator
-from batch.results import IN_REDIS
-from shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id, wake_in
-from shared.config import Settings
-from shared.connections import Client, connect
-from shared.keys import JOBS_GROUP, Keys, batch_session
-from shared.tasks import stop
+import voxline.batch.coordinator as coordinator_module
 from tests.audio import numbered_text, tone_pcm
 from tests.harness import Pipeline, start_pipeline
+from voxline.api.queue import JobQueue
+from voxline.batch.arq_worker import make_worker
+from voxline.batch.callbacks import redact_url
+from voxline.batch.connections import arq_job_id, arq_pool, enqueue_batch
+from voxline.batch.coordinator import Coordinator
+from voxline.batch.results import IN_REDIS
+from voxline.shared.batches import Batches, BatchRequest, BatchStatus, new_batch_id, wake_in
+from voxline.shared.config import Settings
+from voxline.shared.connections import Client, connect
+from voxline.shared.keys import JOBS_GROUP, Keys, batch_session
+from voxline.shared.tasks import stop
 
 RATE = 24000
 
@@ -330,7 +330,7 @@ async def test_a_callback_to_loopback_is_refused_unless_allowed(
 async def test_an_unreachable_callback_says_only_that(
     redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch.coordinator, "_CALLBACK_BACKOFF", 0.0)
+    monkeypatch.setattr(coordinator_module, "_CALLBACK_BACKOFF", 0.0)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]  # nothing listens there once closed
@@ -349,7 +349,7 @@ async def test_callback_credentials_are_redacted_in_logs_and_status(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(batch.coordinator, "_CALLBACK_BACKOFF", 0.0)
+    monkeypatch.setattr(coordinator_module, "_CALLBACK_BACKOFF", 0.0)
     url, received, paths = callback_server
     secret = url.replace("http://", "http://bob:hunter2@") + "?token=s3cret&fail=1"
     shown = redact_url(secret)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from batch import housekeeping
-from batch.housekeeping import (
+from voxline.batch import housekeeping
+from voxline.batch.housekeeping import (
     CRON_TASKS,
     DRAIN_GROUP,
     dead_letter_report,
@@ -26,12 +26,12 @@ from batch.housekeeping import (
     publish_stats,
     trim_streams,
 )
-from shared.config import Settings
-from shared.connections import Client, connect
-from shared.keys import JOBS_GROUP, Keys, batch_session
-from shared.streams import ensure_jobs_group
-from shared.wire import Job
-from worker.recovery import Delivery, Recovery
+from voxline.shared.config import Settings
+from voxline.shared.connections import Client, connect
+from voxline.shared.keys import JOBS_GROUP, Keys, batch_session
+from voxline.shared.streams import ensure_jobs_group
+from voxline.shared.wire import Job
+from voxline.worker.recovery import Delivery, Recovery
 
 SHARDS = 2
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from unittest import mock
 
-from shared.config import Settings
+from voxline.shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -125,16 +125,21 @@ def test_stages() -> None:
     assert stages["base"].base == "python:3.11-slim"
 
 
-def test_api_stage_installs_the_base_dependencies_only() -> None:
+def _server_requirements() -> list[str]:
+    project = _pyproject()["project"]
+    return project["dependencies"] + project["optional-dependencies"]["server"]
+
+
+def test_api_stage_installs_the_server_dependencies_only() -> None:
     (install,) = _pip_installs(_stages()["api"])
-    assert install == ["."], "no extras: the `model` extra is torch"
-    base = _pyproject()["project"]["dependencies"]
-    assert not {canonicalize_name(Requirement(r).name) for r in base} & NEURAL
+    assert install == [".[server]"], "the server extra alone: the `model` extra is torch"
+    named = {canonicalize_name(Requirement(r).name) for r in _server_requirements()}
+    assert not named & NEURAL
 
 
 def test_nothing_the_api_image_installs_pulls_in_torch() -> None:
-    # The base dependencies' own requirements, as resolved in this environment.
-    pulled = _closure(_pyproject()["project"]["dependencies"])
+    # The server's requirements and their own, as resolved in this environment.
+    pulled = _closure(_server_requirements())
     assert "fastapi" in pulled and "uvicorn" in pulled
     assert not pulled & NEURAL, pulled & NEURAL
 

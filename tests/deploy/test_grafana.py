@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-import shared.metrics  # noqa: F401  (registers the metrics)
+import voxline.shared.metrics  # noqa: F401  (registers the metrics)
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "voxline.json"
 SUFFIXES = {

@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared.keys import JOBS_GROUP, Keys
 from tests.deploy.common import MIN_MARGIN_S, ROOT, setting_env_names, settings_from
 from voxline.cli import build_parser
+from voxline.shared.keys import JOBS_GROUP, Keys
 
 K8S = ROOT / "deploy" / "k8s"
 KEDA_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject-v1alpha1.yaml"

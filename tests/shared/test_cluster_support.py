@@ -25,9 +25,9 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from shared.connections import connect, is_cluster, parse_cluster_url, redacted
-from shared.keys import JOBS_GROUP
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServer
+from voxline.shared.connections import connect, is_cluster, parse_cluster_url, redacted
+from voxline.shared.keys import JOBS_GROUP
 
 # A Redis Cluster of its own.
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import shared.audio.codecs as codecs
-from shared.audio.codecs import (
+import voxline.shared.audio.codecs as codecs
+from voxline.shared.audio.codecs import (
     ALL_FORMATS,
     COMPRESSED,
     MEDIA_TYPES,
@@ -24,8 +24,8 @@ from shared.audio.codecs import (
     encode_file,
     sample_rates,
 )
-from shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16, pcm16_to_alaw, pcm16_to_mulaw
-from shared.audio.wav import parse_wav, wav_stream_header
+from voxline.shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16, pcm16_to_alaw, pcm16_to_mulaw
+from voxline.shared.audio.wav import parse_wav, wav_stream_header
 
 # The start delay each decoder (PyAV's) shows in a live stream: Ogg Opus signals its
 # pre-skip, FLAC has none, MP3 (LAME's 576 + 529) and ADTS AAC (one frame) cannot say.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import Settings
+from voxline.shared.config import Settings
 
 
 def test_environment_then_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

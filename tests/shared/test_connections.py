@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from shared.connections import MAX_CONNECTIONS, connect, pubsub
 from tests.conftest import REDIS_URL, real_redis_or_fail
+from voxline.shared.connections import MAX_CONNECTIONS, connect, pubsub
 
 
 async def test_a_burst_beyond_the_pool_waits_instead_of_failing() -> None:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soxr
 
-from shared.audio.formats import FORMATS, STREAMABLE, SentenceEncoder
-from shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16, pcm16_to_alaw, pcm16_to_mulaw
-from shared.audio.wav import parse_wav
+from voxline.shared.audio.formats import FORMATS, STREAMABLE, SentenceEncoder
+from voxline.shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16, pcm16_to_alaw, pcm16_to_mulaw
+from voxline.shared.audio.wav import parse_wav
 
 RATE = 24000
 

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from redis.crc import key_slot
 
-from shared.keys import Keys, cancel_tokens, sentence_token, shard_tag, utterance_token
+from voxline.shared.keys import Keys, cancel_tokens, sentence_token, shard_tag, utterance_token
 
 
 def tag_of(name: str) -> str:

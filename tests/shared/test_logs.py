@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shared import logs
 from tests.harness import Client, start_pipeline
+from voxline.shared import logs
 
 
 @pytest.fixture

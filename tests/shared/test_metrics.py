@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from shared import metrics
+from voxline.shared import metrics
 
 # Label names each metric may carry; their values come from small fixed sets.
 ALLOWED_LABELS = {"engine", "outcome", "trigger", "component", "stream", "at"}

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from shared.capabilities import EngineInfo
-from shared.protocol import (
+from voxline.shared.capabilities import EngineInfo
+from voxline.shared.protocol import (
     CloseCode,
     ErrorCode,
     ProtocolError,

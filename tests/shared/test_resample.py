@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soxr
 
-from shared.audio.resample import StreamResampler
+from voxline.shared.audio.resample import StreamResampler
 
 IN_RATE = 22050
 

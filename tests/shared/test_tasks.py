@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from shared.tasks import stop
+from voxline.shared.tasks import stop
 
 
 async def test_a_task_that_swallows_a_cancel_is_still_stopped() -> None:

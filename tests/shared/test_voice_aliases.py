@@ -8,11 +8,11 @@ import uuid
 import msgpack
 import pytest
 
-from api.pool import WorkerPool
-from shared.capabilities import EngineInfo
-from shared.connections import connect, drop_memory_server
-from shared.keys import Keys
-from shared.voice_aliases import (
+from voxline.api.pool import WorkerPool
+from voxline.shared.capabilities import EngineInfo
+from voxline.shared.connections import connect, drop_memory_server
+from voxline.shared.keys import Keys
+from voxline.shared.voice_aliases import (
     DEFAULTS,
     OPENAI_VOICES,
     TABLE,
@@ -20,8 +20,8 @@ from shared.voice_aliases import (
     parse_overrides,
     table_for,
 )
-from worker.engines.espeak import EspeakEngine
-from worker.engines.tone import VOICES as TONE_VOICES
+from voxline.worker.engines.espeak import EspeakEngine
+from voxline.worker.engines.tone import VOICES as TONE_VOICES
 
 TONE = EngineInfo(
     name="tone", sample_rate=24000, voices=tuple(TONE_VOICES), default_voice="tone-mid"

@@ -7,7 +7,7 @@ import wave
 import numpy as np
 import pytest
 
-from shared.audio.wav import parse_wav, wav_bytes
+from voxline.shared.audio.wav import parse_wav, wav_bytes
 
 
 def test_pcm_wav_is_readable_by_the_standard_library() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from shared.wire import Cancel, Event, EventKind, Job
+from voxline.shared.wire import Cancel, Event, EventKind, Job
 
 
 def test_job_round_trips_every_field() -> None:

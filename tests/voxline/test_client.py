@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from api.auth import hash_key
 from tests.harness import start_pipeline
+from voxline.api.auth import hash_key
 from voxline.client import (
     Audio,
     AudioDone,

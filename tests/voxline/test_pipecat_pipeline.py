@@ -38,10 +38,10 @@ from pipecat.tests.utils import run_test  # noqa: E402
 from pipecat.transcriptions.language import Language  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
-from api.app import create_app  # noqa: E402
-from api.server import WS_OPTIONS, Server  # noqa: E402
 from tests.harness import Pipeline as Voxline  # noqa: E402
 from tests.harness import bound_port, start_pipeline  # noqa: E402
+from voxline.api.app import create_app  # noqa: E402
+from voxline.api.server import WS_OPTIONS, Server  # noqa: E402
 from voxline.pipecat import VoxlineTTSService, language_candidates  # noqa: E402
 
 RATE = 16000

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.audio.wav import parse_wav
 from tests.harness import start_pipeline
 from voxline.cli import build_parser
 from voxline.progress import CLEAR_LINE, StatusLine
 from voxline.say import say
+from voxline.shared.audio.wav import parse_wav
 
 
 class Terminal(io.StringIO):

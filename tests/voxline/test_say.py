@@ -12,10 +12,10 @@ import pytest
 import soxr
 from pocketsphinx import Decoder
 
-from shared.audio.wav import parse_wav
 from tests.harness import start_pipeline
 from voxline.cli import build_parser
 from voxline.say import say
+from voxline.shared.audio.wav import parse_wav
 
 WORDS = {"hello", "world", "how", "are", "you"}
 

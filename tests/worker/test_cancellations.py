@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from api.queue import JobQueue
-from shared.connections import connect
-from shared.keys import Keys
-from shared.wire import Cancel, Job
-from worker.cancellations import CancelListener, InFlight, is_cancelled
+from voxline.api.queue import JobQueue
+from voxline.shared.connections import connect
+from voxline.shared.keys import Keys
+from voxline.shared.wire import Cancel, Job
+from voxline.worker.cancellations import CancelListener, InFlight, is_cancelled
 
 
 def _job(session: str = "s", utterance: int = 0, sentence: int = 0) -> Job:

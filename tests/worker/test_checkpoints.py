@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from worker.engines.checkpoints import available_cpus, looks_like_path, missing_model, offline
+from voxline.worker.engines.checkpoints import (
+    available_cpus,
+    looks_like_path,
+    missing_model,
+    offline,
+)
 
 
 def test_paths_and_hub_ids_are_told_apart() -> None:

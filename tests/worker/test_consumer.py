@@ -9,17 +9,17 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 
-from api.queue import JobQueue
-from shared.config import Settings
-from shared.connections import connect
-from shared.keys import Keys, batch_session
-from shared.streams import ensure_jobs_group
-from shared.wire import Event, EventKind, Job
 from tests.harness import pending_jobs, queued_jobs, settled
 from tests.shared.test_wire import previous_job_encoding
-from worker.consumer import Worker
-from worker.engines import load_engine
-from worker.engines.tone import ToneEngine
+from voxline.api.queue import JobQueue
+from voxline.shared.config import Settings
+from voxline.shared.connections import connect
+from voxline.shared.keys import Keys, batch_session
+from voxline.shared.streams import ensure_jobs_group
+from voxline.shared.wire import Event, EventKind, Job
+from voxline.worker.consumer import Worker
+from voxline.worker.engines import load_engine
+from voxline.worker.engines.tone import ToneEngine
 
 
 @contextlib.asynccontextmanager

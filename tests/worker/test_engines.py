@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engines import ENGINES, load_engine
-from worker.engines.base import Cancellation, Engine, SynthesisRequest, split_words
-from worker.engines.espeak import EspeakEngine
-from worker.engines.tone import ToneEngine
+from voxline.worker.engines import ENGINES, load_engine
+from voxline.worker.engines.base import Cancellation, Engine, SynthesisRequest, split_words
+from voxline.worker.engines.espeak import EspeakEngine
+from voxline.worker.engines.tone import ToneEngine
 
 
 def test_the_registry_names_the_engines() -> None:
@@ -83,7 +83,7 @@ def test_split_words_trims_punctuation_and_keeps_offsets() -> None:
 
 
 THIRD_PARTY = '''
-from worker.engines.tone import ToneEngine
+from voxline.worker.engines.tone import ToneEngine
 
 
 class LouderTone(ToneEngine):

@@ -11,9 +11,9 @@ import espeakng_loader
 import numpy as np
 import pytest
 
-from worker.engines import espeak as espeak_module
-from worker.engines.base import AudioChunk, Cancellation, EngineError, SynthesisRequest
-from worker.engines.espeak import EspeakEngine, _Runtime, _WordTimer
+from voxline.worker.engines import espeak as espeak_module
+from voxline.worker.engines.base import AudioChunk, Cancellation, EngineError, SynthesisRequest
+from voxline.worker.engines.espeak import EspeakEngine, _Runtime, _WordTimer
 
 RATE = 22050
 SENTENCE = "Hello world, this is a test of the speed."

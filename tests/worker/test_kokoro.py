@@ -12,10 +12,10 @@ import soxr
 from pocketsphinx import Decoder
 
 from tests.harness import Client, start_pipeline
-from worker.engines import load_engine
-from worker.engines.base import Cancellation, SynthesisRequest
-from worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine, split_first
-from worker.engines.kokoro.loading import KokoroMissing
+from voxline.worker.engines import load_engine
+from voxline.worker.engines.base import Cancellation, SynthesisRequest
+from voxline.worker.engines.kokoro.engine import SAMPLE_RATE, KokoroEngine, split_first
+from voxline.worker.engines.kokoro.loading import KokoroMissing
 
 # The real int8 Kokoro-82M: loaded for each test.
 pytestmark = pytest.mark.weights
@@ -180,7 +180,7 @@ async def test_the_first_cut_follows_the_measured_pace(engine: KokoroEngine) -> 
 async def test_word_timestamps_are_refused_not_ignored(
     engine: KokoroEngine, redis_url: str, key_prefix: str
 ) -> None:
-    from worker.engines.base import EngineError
+    from voxline.worker.engines.base import EngineError
 
     assert engine.info.word_timestamps is False
     with pytest.raises(EngineError, match="cannot time words"):
@@ -192,7 +192,7 @@ async def test_word_timestamps_are_refused_not_ignored(
 
 
 async def test_bad_voice_and_speed_fail_the_sentence(engine: KokoroEngine) -> None:
-    from worker.engines.base import EngineError
+    from voxline.worker.engines.base import EngineError
 
     with pytest.raises(EngineError, match="voice"):
         await speak(engine, "Hi.", voice="af_nobody")
@@ -232,8 +232,8 @@ async def test_a_session_speaks_through_the_pipeline(redis_url: str, key_prefix:
 
 
 def test_openai_names_resolve_to_the_shipped_voices() -> None:
-    from shared.capabilities import EngineInfo
-    from shared.voice_aliases import aliases_for
+    from voxline.shared.capabilities import EngineInfo
+    from voxline.shared.voice_aliases import aliases_for
 
     voices = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
     info = EngineInfo("kokoro", SAMPLE_RATE, voices, "jm_kumo")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engines.kokoro.engine import (
+from voxline.worker.engines.kokoro.engine import (
     JOIN_PAUSE_S,
     MAX_SPANS,
     MAX_STALL_S,
     MIN_HEAD_CHARS,
     split_first,
 )
-from worker.engines.kokoro.pace import Pace
+from voxline.worker.engines.kokoro.pace import Pace
 
 SENTENCE = "Well, as I was saying yesterday, the weather has been wonderful all week long."
 

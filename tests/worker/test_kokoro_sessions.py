@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.engines.kokoro.sessions import Sessions
+from voxline.worker.engines.kokoro.sessions import Sessions
 
 
 async def test_a_free_session_is_lent_at_once_and_waiters_go_by_deadline() -> None:

@@ -12,7 +12,7 @@ import torch
 from transformers import PocketTTSAudioTokenizerConfig, PocketTTSAudioTokenizerModel
 from transformers.models.pocket_tts.processing_pocket_tts import PocketTTSProcessor
 
-from worker.engines.pocket.codec import CodecState, StreamingDecoder
+from voxline.worker.engines.pocket.codec import CodecState, StreamingDecoder
 
 LATENT_DIM = 8
 WINDOW = 16  # decoder transformer positions: 4 latent frames at latent_stride 4

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.connections import connect, pubsub
-from worker.publisher import Outbox
+from voxline.shared.connections import connect, pubsub
+from voxline.worker.publisher import Outbox
 
 
 async def _listen(redis_url: str, channels: list[str]) -> tuple[object, object]:

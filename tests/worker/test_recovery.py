@@ -11,12 +11,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.channels import publish_event
-from shared.config import Settings
-from shared.connections import connect
-from shared.keys import JOBS_GROUP, Keys
-from shared.streams import ensure_jobs_group
-from shared.wire import Event, EventKind, Job
 from tests.harness import (
     Client,
     Pipeline,
@@ -25,9 +19,15 @@ from tests.harness import (
     settled,
     start_pipeline,
 )
-from worker.consumer import Worker
-from worker.engines import load_engine
-from worker.recovery import Recovery
+from voxline.shared.channels import publish_event
+from voxline.shared.config import Settings
+from voxline.shared.connections import connect
+from voxline.shared.keys import JOBS_GROUP, Keys
+from voxline.shared.streams import ensure_jobs_group
+from voxline.shared.wire import Event, EventKind, Job
+from voxline.worker.consumer import Worker
+from voxline.worker.engines import load_engine
+from voxline.worker.recovery import Recovery
 
 FAST = {"claim_idle": 0.3, "stall_timeout": 5.0, "queue_timeout": 10.0}
 TEXT = "The quick brown fox jumps over the lazy dog."

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from worker.engines.base import AudioChunk, Cancellation, EngineError, SynthesisRequest
-from worker.engines.tone import ToneEngine
+from voxline.worker.engines.base import AudioChunk, Cancellation, EngineError, SynthesisRequest
+from voxline.worker.engines.tone import ToneEngine
 
 RATE = 24000
 

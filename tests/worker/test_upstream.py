@@ -15,15 +15,20 @@ import numpy as np
 import pytest
 import redis
 
-from api.auth import hash_key
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client, start_pipeline
 from tests.processes import voxline_stack
 from tests.redis_servers import free_port
-from worker.engines import load_engine
-from worker.engines.base import Cancellation, EngineError, EngineUnavailable, SynthesisRequest
-from worker.engines.tone import ToneEngine
-from worker.engines.upstream.engine import UpstreamEngine, parse_voices
+from voxline.api.auth import hash_key
+from voxline.worker.engines import load_engine
+from voxline.worker.engines.base import (
+    Cancellation,
+    EngineError,
+    EngineUnavailable,
+    SynthesisRequest,
+)
+from voxline.worker.engines.tone import ToneEngine
+from voxline.worker.engines.upstream.engine import UpstreamEngine, parse_voices
 
 pytestmark = pytest.mark.multiprocess
 

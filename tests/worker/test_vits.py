@@ -22,10 +22,10 @@ import pytest
 
 from tests.harness import Client, start_pipeline
 from tests.worker.vits_checkpoint import HOP, SAMPLING_RATE, build_checkpoint
-from worker.engines import load_engine
-from worker.engines import vits as vits_module
-from worker.engines.base import AudioChunk, Cancellation, EngineError, SynthesisRequest
-from worker.engines.vits import VitsEngine
+from voxline.worker.engines import load_engine
+from voxline.worker.engines import vits as vits_module
+from voxline.worker.engines.base import AudioChunk, Cancellation, EngineError, SynthesisRequest
+from voxline.worker.engines.vits import VitsEngine
 
 CHUNK = SAMPLING_RATE // 10  # 100 ms
 SENTENCE = "Hello world, this is a test of the tiny voice."

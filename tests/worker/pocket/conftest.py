@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.engines.pocket.checkpoint import build_checkpoint
+from voxline.worker.engines.pocket.checkpoint import build_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engines.pocket.backbone import Backbone, Sentence
-from worker.engines.pocket.loading import load
-from worker.engines.pocket.voices import Voices
+from voxline.worker.engines.pocket.backbone import Backbone, Sentence
+from voxline.worker.engines.pocket.loading import load
+from voxline.worker.engines.pocket.voices import Voices
 
 TEXTS = [
     "Hello world.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engines.pocket.capacity import CapacityModel
+from voxline.worker.engines.pocket.capacity import CapacityModel
 
 
 def test_fit_recovers_fixed_and_per_stream_cost() -> None:

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from tests.harness import Client, start_pipeline
-from worker.engines import load_engine
-from worker.engines.base import Cancellation, EngineError, SynthesisRequest
-from worker.engines.pocket.engine import PocketTTSEngine
-from worker.engines.pocket.loading import ModelNotFound
+from voxline.worker.engines import load_engine
+from voxline.worker.engines.base import Cancellation, EngineError, SynthesisRequest
+from voxline.worker.engines.pocket.engine import PocketTTSEngine
+from voxline.worker.engines.pocket.loading import ModelNotFound
 
 FRAME = 24  # samples per frame of the tiny codec
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engines.pocket.loading import (
+from voxline.worker.engines.pocket.loading import (
     DEFAULT_MODEL,
     ModelNotFound,
     codec_dtype,

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engines.base import EngineError
-from worker.engines.pocket.backbone import Backbone
-from worker.engines.pocket.checkpoint import build_checkpoint
-from worker.engines.pocket.loading import load
-from worker.engines.pocket.voices import DEFAULT_VOICE, Voices, decode_ref_audio
+from voxline.worker.engines.base import EngineError
+from voxline.worker.engines.pocket.backbone import Backbone
+from voxline.worker.engines.pocket.checkpoint import build_checkpoint
+from voxline.worker.engines.pocket.loading import load
+from voxline.worker.engines.pocket.voices import DEFAULT_VOICE, Voices, decode_ref_audio
 
 
 def voices_of(directory: Path) -> Voices:
