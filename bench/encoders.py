@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from voxline.shared.audio.codecs import ALL_FORMATS, StreamEncoder, check_rate  # noqa: E402
+from voxline.shared.audio.codecs import StreamEncoder  # noqa: E402
+from voxline.shared.audio.formats import ALL_FORMATS, check_rate  # noqa: E402
 from voxline.shared.audio.resample import StreamResampler  # noqa: E402
 
 

@@ -24,9 +24,9 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voxline.api.server import WS_OPTIONS  # noqa: E402
-from voxline.api.splitter import SentenceSplitter  # noqa: E402
 from voxline.shared import protocol  # noqa: E402
 from voxline.shared.runtime import freeze_startup_objects  # noqa: E402
+from voxline.speech.splitter import SentenceSplitter  # noqa: E402
 from voxline.worker.engines import load_engine  # noqa: E402
 from voxline.worker.engines.base import Cancellation, Engine, SynthesisRequest  # noqa: E402
 

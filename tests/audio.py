@@ -7,9 +7,9 @@ import io
 import av
 import numpy as np
 
-from voxline.api.splitter import SentenceSplitter
 from voxline.shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16
 from voxline.shared.config import Settings
+from voxline.speech.splitter import SentenceSplitter
 from voxline.worker.engines.base import Cancellation, SynthesisRequest
 from voxline.worker.engines.tone import ToneEngine
 

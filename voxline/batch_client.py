@@ -52,7 +52,7 @@ class ApiError(Exception):
 
 def output_format(output: str, given: str | None) -> str:
     """The format asked for, or the one the output file's extension names."""
-    from voxline.shared.audio.codecs import ALL_FORMATS, FILE_EXTENSIONS
+    from voxline.shared.audio.formats import ALL_FORMATS, FILE_EXTENSIONS
 
     if given is not None:
         if given not in ALL_FORMATS:

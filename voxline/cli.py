@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -13,7 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 
 from voxline.shared import runtime
 from voxline.shared.config import DEFAULT_REDIS_URL, Settings
-from voxline.shared.connections import redacted
 from voxline.shared.logs import FORMATS, configure_logging
 
 DEFAULT_PORT = 8000
@@ -321,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voxline.batch_client import run_batch
 
         return run_batch(args)
+    _require_server(args.command)
     if args.command == "hash-key":
         return _run_hash_key(args)
     if args.command == "arq":
@@ -328,6 +329,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         return _run_worker(args)
     return _run_http(args)
+
+
+# What the `server` extra brings, by import name: the SDK alone (say, batch) needs none of it.
+SERVER_MODULES = ("fastapi", "uvicorn", "redis", "arq", "fakeredis", "msgpack", "numpy", "av")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+def _require_server(command: str) -> None:
+    missing = [name for name in SERVER_MODULES if not _importable(name)]
+    if missing:
+        raise SystemExit(
+            f"voxline {command}: this install is the SDK alone (missing: {', '.join(missing)}); "
+            "the server needs its extra: pip install 'voxline[server]'"
+        )
 
 
 def _run_hash_key(args: argparse.Namespace) -> int:
@@ -500,6 +521,8 @@ def _run_http(args: argparse.Namespace) -> int:
 
     app = create_app(settings, sidecar=sidecar)
     where = f"ws://{args.host}:{args.port}/v1/audio/speech/stream"
+    from voxline.shared.connections import redacted
+
     banner = f"voxline {args.command}: {where}  (redis: {redacted(settings.redis_url)})"
     if args.log_format == "json":
         logging.getLogger("voxline").info("%s", banner)  # every output line is JSON

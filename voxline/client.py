@@ -49,6 +49,7 @@ from voxline.events import (
     Words,
     event_of,
 )
+from voxline.shared.audio.formats import HEADERLESS
 from voxline.shared.protocol import EXTENSIONS, PATH
 
 __all__ = [
@@ -70,8 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("voxline.client")
-
-STREAMABLE_FORMATS = ("pcm", "mulaw", "alaw")
 
 
 # --- utterances ---------------------------------------------------------------------------
@@ -467,7 +466,7 @@ class connect:  # noqa: N801 (used like a function, as websockets.connect is)
     ) -> None:
         self.url = endpoint(url)
         if stream_audio is None:
-            stream_audio = response_format in STREAMABLE_FORMATS
+            stream_audio = response_format in HEADERLESS
         fields = {
             "voice": voice,
             "response_format": response_format,

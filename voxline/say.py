@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import websockets
 
-from voxline.api.splitter import SentenceSplitter
 from voxline.client import (
     Audio,
     AudioDone,
@@ -26,6 +25,7 @@ from voxline.client import (
 )
 from voxline.progress import StatusLine
 from voxline.shared.audio.wav import wav_bytes
+from voxline.speech.splitter import SentenceSplitter
 
 PLAYERS = (
     ["aplay", "-q", "-f", "S16_LE", "-c", "1", "-r", "{rate}"],

@@ -46,8 +46,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client, Pipeline, start_pipeline
-from voxline.api.splitter import SentenceSplitter
-from voxline.shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
+from voxline.shared.audio.formats import ALL_FORMATS, check_rate, default_rate
 from voxline.shared.capabilities import EngineInfo
 from voxline.shared.connections import drop_memory_server
 from voxline.shared.protocol import (
@@ -59,6 +58,7 @@ from voxline.shared.protocol import (
     parse_config,
 )
 from voxline.shared.wire import Job
+from voxline.speech.splitter import SentenceSplitter
 from voxline.worker.engines.tone import DEFAULT_VOICE, VOICES
 
 # Property-based: thousands of frames against a running front end.

@@ -19,7 +19,6 @@ import pytest
 import voxline.batch.coordinator as coordinator_module
 from tests.audio import numbered_text, tone_pcm
 from tests.harness import Pipeline, start_pipeline
-from voxline.api.queue import JobQueue
 from voxline.batch.arq_worker import make_worker
 from voxline.batch.callbacks import redact_url
 from voxline.batch.connections import arq_job_id, arq_pool, enqueue_batch
@@ -30,6 +29,7 @@ from voxline.shared.config import Settings
 from voxline.shared.connections import Client, connect
 from voxline.shared.keys import JOBS_GROUP, Keys, batch_session
 from voxline.shared.tasks import stop
+from voxline.speech.queue import JobQueue
 
 RATE = 24000
 

@@ -14,16 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import voxline.shared.audio.codecs as codecs
-from voxline.shared.audio.codecs import (
-    ALL_FORMATS,
-    COMPRESSED,
-    MEDIA_TYPES,
-    StreamEncoder,
-    check_rate,
-    default_rate,
-    encode_file,
-    sample_rates,
-)
+from voxline.shared.audio.codecs import StreamEncoder, encode_file
+from voxline.shared.audio.formats import ALL_FORMATS, COMPRESSED, default_rate
 from voxline.shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16, pcm16_to_alaw, pcm16_to_mulaw
 from voxline.shared.audio.wav import parse_wav, wav_stream_header
 
@@ -458,51 +450,6 @@ def test_g711_at_telephony_rate(fmt, encode, decode_table, codec) -> None:  # ty
 # --- rates, names, errors ------------------------------------------------------------------
 
 
-def test_media_types_cover_every_format() -> None:
-    assert ALL_FORMATS == ("wav", "pcm", "mulaw", "alaw", "mp3", "opus", "aac", "flac")
-    assert COMPRESSED == ("mp3", "opus", "aac", "flac")
-    assert set(MEDIA_TYPES) == set(ALL_FORMATS)
-    assert MEDIA_TYPES["mp3"] == "audio/mpeg" and MEDIA_TYPES["opus"] == "audio/ogg"
-    assert all(value.startswith("audio/") for value in MEDIA_TYPES.values())
-
-
-def test_rate_table() -> None:
-    assert sample_rates("opus") == (8000, 12000, 16000, 24000, 48000)
-    mpeg = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-    assert sample_rates("mp3") == sample_rates("aac") == mpeg
-    for fmt in ("wav", "pcm", "mulaw", "alaw", "flac"):
-        assert sample_rates(fmt) is None
-    expected = {
-        # engine rate: (wav/pcm/flac, mulaw/alaw, opus, mp3/aac)
-        8000: (8000, 8000, 8000, 8000),
-        16000: (16000, 8000, 16000, 16000),
-        22050: (22050, 8000, 24000, 22050),
-        24000: (24000, 8000, 24000, 24000),
-        44100: (44100, 8000, 48000, 44100),
-        20000: (20000, 8000, 24000, 22050),
-    }
-    for engine, (plain, g711, opus, mpeg_rate) in expected.items():
-        assert [default_rate(f, engine) for f in ("wav", "pcm", "flac")] == [plain] * 3
-        assert [default_rate(f, engine) for f in ("mulaw", "alaw")] == [g711] * 2
-        assert default_rate("opus", engine) == opus
-        assert [default_rate(f, engine) for f in ("mp3", "aac")] == [mpeg_rate] * 2
-    for fmt in ALL_FORMATS:  # the default is always encodable
-        for engine in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000):
-            assert check_rate(fmt, default_rate(fmt, engine)) is None
-
-
-def test_check_rate_names_the_allowed_rates() -> None:
-    assert check_rate("opus", 24000) is None
-    assert check_rate("opus", 22050) == "opus encodes at 8000, 12000, 16000, 24000 or 48000 Hz"
-    assert check_rate("mp3", 96000) == (
-        "mp3 encodes at 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100 or 48000 Hz"
-    )
-    assert check_rate("aac", 7350) is not None
-    assert check_rate("flac", 22050) is None and check_rate("pcm", 11025) is None
-    assert check_rate("flac", 96000) == "flac encodes at 8000 to 48000 Hz"
-    assert "unknown audio format 'ogg'" in (check_rate("ogg", 24000) or "")
-
-
 def test_bad_rates_and_formats_raise() -> None:
     with pytest.raises(ValueError, match=r"opus encodes at 8000, 12000, 16000, 24000 or 48000 Hz"):
         StreamEncoder("opus", 22050)
@@ -512,8 +459,6 @@ def test_bad_rates_and_formats_raise() -> None:
         StreamEncoder("vorbis", 24000)
     with pytest.raises(ValueError, match="mp3 encodes at"):
         encode_file("mp3", b"", 20000)
-    with pytest.raises(ValueError, match="unknown audio format"):
-        sample_rates("ogg")
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)

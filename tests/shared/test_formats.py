@@ -1,107 +1,94 @@
+"""The format table (shared/audio/formats.py): what every reader of it relies on."""
+
 from __future__ import annotations
 
-import numpy as np
+from typing import get_args
+
 import pytest
-import soxr
 
-from voxline.shared.audio.formats import FORMATS, STREAMABLE, SentenceEncoder
-from voxline.shared.audio.g711 import alaw_to_pcm16, mulaw_to_pcm16, pcm16_to_alaw, pcm16_to_mulaw
-from voxline.shared.audio.wav import parse_wav
-
-RATE = 24000
-
-
-def speechlike(seconds: float = 0.5) -> np.ndarray:
-    t = np.arange(int(RATE * seconds)) / RATE
-    return (np.sin(2 * np.pi * 300 * t) * 8000 + np.sin(2 * np.pi * 1200 * t) * 3000).astype(
-        np.int16
-    )
-
-
-def chunks(pcm: np.ndarray, size: int = 999) -> list[np.ndarray]:
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
-
-
-def feed(encoder: SentenceEncoder, pcm: np.ndarray) -> list[bytes]:
-    return [encoder.encode(c) for c in chunks(pcm)] + [encoder.finish()]
-
-
-def test_constants() -> None:
-    assert FORMATS == ("wav", "pcm", "mulaw", "alaw")
-    assert STREAMABLE == {"pcm", "mulaw", "alaw"}
-
-
-@pytest.mark.parametrize("fmt", ["pcm", "mulaw", "alaw"])
-@pytest.mark.parametrize("out_rate", [8000, 16000, RATE])
-def test_streamed_output_equals_the_whole_sentence_encoding(fmt: str, out_rate: int) -> None:
-    pcm = speechlike()
-    streamed = feed(SentenceEncoder(fmt, RATE, out_rate, stream=True), pcm)
-    whole = feed(SentenceEncoder(fmt, RATE, out_rate, stream=False), pcm)
-    # Streaming delivers along the way; whole-file mode only at the end.
-    assert sum(1 for part in streamed[:-1] if part) >= 2
-    assert all(part == b"" for part in whole[:-1])
-    assert b"".join(streamed) == whole[-1]
-    width = 2 if fmt == "pcm" else 1
-    if fmt == "pcm":
-        assert all(len(part) % 2 == 0 for part in streamed)
-    # Duration follows the output rate.
-    assert abs(len(whole[-1]) // width - len(pcm) * out_rate // RATE) <= 2
-
-
-def test_pcm_is_s16le_of_the_resampled_audio() -> None:
-    pcm = speechlike()
-    out = b"".join(feed(SentenceEncoder("pcm", RATE, 16000, stream=True), pcm))
-    expected = soxr.resample(pcm, RATE, 16000, quality="HQ")
-    got = np.frombuffer(out, dtype="<i2")
-    assert len(got) == len(expected)
-    assert np.abs(got.astype(np.int32) - expected).max() <= 4
-
-
-def test_same_rate_pcm_is_byte_identical() -> None:
-    pcm = speechlike(0.1)
-    out = b"".join(feed(SentenceEncoder("pcm", RATE, RATE, stream=True), pcm))
-    assert out == pcm.astype("<i2").tobytes()
-
-
-@pytest.mark.parametrize(
-    ("fmt", "encode", "decode"),
-    [("mulaw", pcm16_to_mulaw, mulaw_to_pcm16), ("alaw", pcm16_to_alaw, alaw_to_pcm16)],
+from voxline.shared.audio.formats import (
+    ALL_FORMATS,
+    COMPRESSED,
+    FILE_EXTENSIONS,
+    FORMATS,
+    HEADERLESS,
+    MEDIA_TYPES,
+    STREAMABLE,
+    FormatName,
+    check_rate,
+    default_rate,
+    get,
+    sample_rates,
 )
-def test_g711_output_is_the_g711_of_the_audio(fmt, encode, decode) -> None:  # type: ignore[no-untyped-def]
-    pcm = speechlike()
-    out = b"".join(feed(SentenceEncoder(fmt, RATE, RATE, stream=True), pcm))
-    assert out == encode(pcm)
-    assert len(out) == len(pcm)
-    assert np.corrcoef(decode(out).astype(float), pcm.astype(float))[0, 1] > 0.999
 
 
-def test_wav_is_one_complete_file_at_the_output_rate() -> None:
-    pcm = speechlike()
-    parts = feed(SentenceEncoder("wav", RATE, 8000, stream=False), pcm)
-    assert all(p == b"" for p in parts[:-1])
-    info = parse_wav(parts[-1])
-    assert (info.sample_rate, info.channels, info.sample_width, info.format_tag) == (8000, 1, 2, 1)
-    assert abs(len(info.frames) // 2 - len(pcm) // 3) <= 2
-    assert parts[-1].count(b"RIFF") == 1
+def test_the_protocols_names_are_the_tables() -> None:
+    assert get_args(FormatName) == ALL_FORMATS == tuple(FORMATS)
 
 
-def test_empty_sentence_gives_an_empty_but_valid_file() -> None:
-    encoder = SentenceEncoder("wav", RATE, RATE, stream=False)
-    info = parse_wav(encoder.finish())
-    assert info.frames == b""
+def test_what_each_format_can_do() -> None:
+    # wav's sizes sit in its header, so it is whole-file only; headerless ones play from any
+    # prefix (a worker streams them piece by piece); compressed ones the front end encodes.
+    assert STREAMABLE == set(ALL_FORMATS) - {"wav"}
+    assert HEADERLESS == ("pcm", "mulaw", "alaw")
+    assert not set(HEADERLESS) & set(COMPRESSED)
+    assert {f.framing for f in FORMATS.values() if f.compressed} == {"mp3", "ogg", "adts", "flac"}
 
 
-def test_wav_cannot_be_streamed_and_unknown_formats_are_named() -> None:
-    with pytest.raises(ValueError, match="wav"):
-        SentenceEncoder("wav", RATE, RATE, stream=True)
-    with pytest.raises(ValueError, match="opus"):
-        SentenceEncoder("opus", RATE, RATE, stream=False)
+def test_file_extensions_are_what_players_expect() -> None:
+    assert FILE_EXTENSIONS["opus"] == "ogg" and FILE_EXTENSIONS["mulaw"] == "ulaw"
+    assert FILE_EXTENSIONS["mp3"] == "mp3" and set(FILE_EXTENSIONS) == set(ALL_FORMATS)
 
 
-def test_finish_is_final() -> None:
-    encoder = SentenceEncoder("pcm", RATE, RATE, stream=True)
-    encoder.finish()
-    with pytest.raises(RuntimeError):
-        encoder.encode(speechlike(0.01))
-    with pytest.raises(RuntimeError):
-        encoder.finish()
+def test_unknown_formats_are_named() -> None:
+    with pytest.raises(ValueError, match=r"unknown audio format 'ogg'; expected one of \['wav'"):
+        get("ogg")
+    with pytest.raises(ValueError, match="unknown audio format"):
+        sample_rates("ogg")
+    with pytest.raises(ValueError, match="unknown audio format"):
+        default_rate("vorbis", 24000)
+
+
+def test_media_types_cover_every_format() -> None:
+    assert ALL_FORMATS == ("wav", "pcm", "mulaw", "alaw", "mp3", "opus", "aac", "flac")
+    assert COMPRESSED == ("mp3", "opus", "aac", "flac")
+    assert set(MEDIA_TYPES) == set(ALL_FORMATS)
+    assert MEDIA_TYPES["mp3"] == "audio/mpeg" and MEDIA_TYPES["opus"] == "audio/ogg"
+    assert all(value.startswith("audio/") for value in MEDIA_TYPES.values())
+
+
+def test_rate_table() -> None:
+    assert sample_rates("opus") == (8000, 12000, 16000, 24000, 48000)
+    mpeg = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+    assert sample_rates("mp3") == sample_rates("aac") == mpeg
+    for fmt in ("wav", "pcm", "mulaw", "alaw", "flac"):
+        assert sample_rates(fmt) is None
+    expected = {
+        # engine rate: (wav/pcm/flac, mulaw/alaw, opus, mp3/aac)
+        8000: (8000, 8000, 8000, 8000),
+        16000: (16000, 8000, 16000, 16000),
+        22050: (22050, 8000, 24000, 22050),
+        24000: (24000, 8000, 24000, 24000),
+        44100: (44100, 8000, 48000, 44100),
+        20000: (20000, 8000, 24000, 22050),
+    }
+    for engine, (plain, g711, opus, mpeg_rate) in expected.items():
+        assert [default_rate(f, engine) for f in ("wav", "pcm", "flac")] == [plain] * 3
+        assert [default_rate(f, engine) for f in ("mulaw", "alaw")] == [g711] * 2
+        assert default_rate("opus", engine) == opus
+        assert [default_rate(f, engine) for f in ("mp3", "aac")] == [mpeg_rate] * 2
+    for fmt in ALL_FORMATS:  # the default is always encodable
+        for engine in (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000):
+            assert check_rate(fmt, default_rate(fmt, engine)) is None
+
+
+def test_check_rate_names_the_allowed_rates() -> None:
+    assert check_rate("opus", 24000) is None
+    assert check_rate("opus", 22050) == "opus encodes at 8000, 12000, 16000, 24000 or 48000 Hz"
+    assert check_rate("mp3", 96000) == (
+        "mp3 encodes at 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100 or 48000 Hz"
+    )
+    assert check_rate("aac", 7350) is not None
+    assert check_rate("flac", 22050) is None and check_rate("pcm", 11025) is None
+    assert check_rate("flac", 96000) == "flac encodes at 8000 to 48000 Hz"
+    assert "unknown audio format 'ogg'" in (check_rate("ogg", 24000) or "")

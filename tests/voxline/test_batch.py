@@ -21,7 +21,7 @@ import pytest
 from voxline import batch_client
 from voxline.batch_client import UsageError, output_format, run_batch
 from voxline.cli import build_parser
-from voxline.shared.audio.codecs import ALL_FORMATS, FILE_EXTENSIONS
+from voxline.shared.audio.formats import ALL_FORMATS, FILE_EXTENSIONS
 
 JOB_ID = "0123456789abcdef01234567"
 AUDIO = bytes(range(256)) * 300  # 76.8 kB: several reads of the download

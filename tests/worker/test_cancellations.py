@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from voxline.api.queue import JobQueue
 from voxline.shared.connections import connect
 from voxline.shared.keys import Keys
 from voxline.shared.wire import Cancel, Job
+from voxline.speech.queue import JobQueue
 from voxline.worker.cancellations import CancelListener, InFlight, is_cancelled
 
 

@@ -11,12 +11,12 @@ import pytest
 
 from tests.harness import pending_jobs, queued_jobs, settled
 from tests.shared.test_wire import previous_job_encoding
-from voxline.api.queue import JobQueue
 from voxline.shared.config import Settings
 from voxline.shared.connections import connect
 from voxline.shared.keys import Keys, batch_session
 from voxline.shared.streams import ensure_jobs_group
 from voxline.shared.wire import Event, EventKind, Job
+from voxline.speech.queue import JobQueue
 from voxline.worker.consumer import Worker
 from voxline.worker.engines import load_engine
 from voxline.worker.engines.tone import ToneEngine

@@ -9,7 +9,8 @@ not.
 
 from __future__ import annotations
 
-from voxline.shared.audio.codecs import COMPRESSED, StreamEncoder, encode_file
+from voxline.shared.audio.codecs import StreamEncoder, encode_file
+from voxline.shared.audio.formats import COMPRESSED
 
 
 class ClientAudio:

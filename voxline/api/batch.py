@@ -29,7 +29,7 @@ from voxline.api.hub import Hub
 from voxline.api.rest import parse_body, pool_engine, read_body, too_large
 from voxline.batch.callbacks import check_url, parse_allow, redact_url
 from voxline.batch.connections import enqueue_batch
-from voxline.shared.audio.codecs import FILE_EXTENSIONS, MEDIA_TYPES
+from voxline.shared.audio.formats import FILE_EXTENSIONS, MEDIA_TYPES
 from voxline.shared.batches import (
     FINAL,
     BatchRequest,

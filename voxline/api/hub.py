@@ -7,13 +7,11 @@ import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from arq.connections import ArqRedis
 
-from voxline.api.leases import Leases
 from voxline.api.pool import WorkerPool
-from voxline.api.queue import JobQueue
 from voxline.api.returns import ReturnPath
 from voxline.batch.connections import ArqUnavailable, arq_pool
 from voxline.batch.results import Results
@@ -22,9 +20,23 @@ from voxline.shared.config import Settings
 from voxline.shared.connections import Client, connect
 from voxline.shared.keys import Keys
 from voxline.shared.streams import ensure_jobs_group, shard_advice
+from voxline.speech.leases import Leases
+from voxline.speech.queue import JobQueue
 
-if TYPE_CHECKING:
-    from voxline.api.session import Session
+
+class LiveSession(Protocol):
+    """What the hub asks of the sessions it holds (api/session.py's Session, which imports
+    the hub: a protocol here keeps the import one-way)."""
+
+    id: str
+    finished: asyncio.Event
+
+    def abort_outstanding(self, reason: str) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def force_restart(self) -> None: ...
+
 
 log = logging.getLogger("voxline.api.hub")
 
@@ -44,7 +56,7 @@ class Hub:
     # no arq_redis_url): the batch routes then answer 503 with `batch_unavailable`.
     arq: ArqRedis | None
     batch_unavailable: str = ""
-    sessions: set[Session] = field(default_factory=set)
+    sessions: set[LiveSession] = field(default_factory=set)
     draining: bool = False  # shutting down: /readyz says not ready, new sessions are refused
     _load: tuple[int, int] = (0, 0)  # (jobs backlog, live worker slots)
     _load_at: float = -1.0

@@ -24,7 +24,6 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from voxline.api.audio_out import ClientAudio
 from voxline.api.hub import Hub
-from voxline.api.splitter import SentenceSplitter
 from voxline.shared import logs, memory, metrics, protocol
 from voxline.shared.protocol import (
     ClientMessage,
@@ -34,6 +33,7 @@ from voxline.shared.protocol import (
     SessionConfig,
 )
 from voxline.shared.wire import Event, EventKind, Job
+from voxline.speech.splitter import SentenceSplitter
 
 log = logging.getLogger("voxline.api.session")
 # A session that made this many sentences has its freed memory handed back as it ends.

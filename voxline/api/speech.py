@@ -36,11 +36,12 @@ from voxline.api.hub import Hub
 from voxline.api.inproc import Closed, Frame, LocalSocket
 from voxline.api.rest import parse_body, pool_engine, read_body, too_large
 from voxline.api.session import Session
-from voxline.api.splitter import speakable
-from voxline.shared.audio.codecs import MEDIA_TYPES, StreamEncoder, check_rate, default_rate
+from voxline.shared.audio.codecs import StreamEncoder
+from voxline.shared.audio.formats import MEDIA_TYPES, check_rate, default_rate
 from voxline.shared.audio.wav import wav_bytes
 from voxline.shared.config import Settings
 from voxline.shared.protocol import AudioFormat, ErrorCode
+from voxline.speech.splitter import speakable
 
 log = logging.getLogger("voxline.api.speech")
 

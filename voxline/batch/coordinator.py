@@ -25,8 +25,6 @@ from collections.abc import AsyncIterator
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from voxline.api.queue import JobQueue
-from voxline.api.splitter import SentenceSplitter
 from voxline.batch import callbacks
 from voxline.batch.results import Results, ResultTooLarge
 from voxline.shared.audio.codecs import encode_file
@@ -35,6 +33,8 @@ from voxline.shared.config import Settings
 from voxline.shared.connections import Client
 from voxline.shared.keys import Keys, batch_session
 from voxline.shared.wire import Job
+from voxline.speech.queue import JobQueue
+from voxline.speech.splitter import SentenceSplitter
 
 log = logging.getLogger("voxline.batch")
 

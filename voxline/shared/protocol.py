@@ -7,12 +7,15 @@ import enum
 import json
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from voxline.shared.audio.codecs import ALL_FORMATS, check_rate, default_rate
-from voxline.shared.capabilities import EngineInfo
+from voxline.shared.audio.formats import STREAMABLE, check_rate, default_rate
+from voxline.shared.audio.formats import FormatName as AudioFormat
+
+if TYPE_CHECKING:  # the SDK imports this module; capabilities needs msgpack
+    from voxline.shared.capabilities import EngineInfo
 
 PATH = "/v1/audio/speech/stream"
 # The WebSocket subprotocol a client offers to get voxline's extension messages
@@ -89,11 +92,6 @@ HINT_FIELDS = (
 COMPAT_FIELDS = ("model", "task_type", *VOICE_FIELDS, *HINT_FIELDS)
 # Streamed PCM comes at vllm-omni's (and OpenAI's) 24 kHz unless the client names a rate.
 PCM_RATE = 24000
-# Formats whose audio.start..audio.done frames can be cut anywhere and still play: every one
-# but wav (a WAV header mid-stream plays as a pop). Compressed formats stream as one
-# continuous Ogg/MP3/ADTS/FLAC stream per connection, encoded by the front end.
-STREAMABLE = frozenset(ALL_FORMATS) - {"wav"}
-AudioFormat = Literal["wav", "pcm", "mulaw", "alaw", "mp3", "opus", "aac", "flac"]
 INT64_MAX = 2**63 - 1
 # JSON's \uXXXX escapes can spell lone UTF-16 surrogates: a Python str holds them, but they
 # are no Unicode text, so they cannot be encoded (msgpack to the workers, UTF-8 to the client).

@@ -17,7 +17,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from voxline.shared import logs, metrics
-from voxline.shared.audio.formats import SentenceEncoder
+from voxline.shared.audio.sentences import SentenceEncoder
 from voxline.shared.batches import FINAL, BatchStatus, record_failure_in, record_in
 from voxline.shared.config import Settings
 from voxline.shared.connections import TRANSIENT_ERRORS, Client, connect

@@ -21,35 +21,11 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from voxline.shared.audio.formats import COMPRESSED, MPEG_RATES, check_rate
 from voxline.shared.audio.g711 import pcm16_to_alaw, pcm16_to_mulaw
 from voxline.shared.audio.wav import wav_bytes, wav_stream_header
 
-COMPRESSED: tuple[str, ...] = ("mp3", "opus", "aac", "flac")
-ALL_FORMATS: tuple[str, ...] = ("wav", "pcm", "mulaw", "alaw", "mp3", "opus", "aac", "flac")
-MEDIA_TYPES: dict[str, str] = {
-    "wav": "audio/wav",
-    "pcm": "audio/pcm",  # s16le mono at the session's rate
-    "mulaw": "audio/basic",
-    "alaw": "audio/x-alaw-basic",
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",  # Ogg Opus
-    "aac": "audio/aac",  # ADTS
-    "flac": "audio/flac",
-}
-# A file's extension per format, where players expect another than the format's name: Ogg
-# Opus is `.ogg`; G.711 files are `.ulaw` / `.alaw` (what sox and ffmpeg recognize).
-FILE_EXTENSIONS: dict[str, str] = {fmt: fmt for fmt in ALL_FORMATS} | {
-    "opus": "ogg",
-    "mulaw": "ulaw",
-}
-
-MIN_RATE = 8000
-MAX_RATE = 48000
-_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-# MPEG-1, -2 and -2.5 layer III rates; also the AAC rates within MIN_RATE..MAX_RATE.
-_MPEG_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-_ADTS_RATE_INDEX = {r: i for i, r in enumerate((96000, 88200, 64000, *reversed(_MPEG_RATES)))}
-_TELEPHONY_RATE = 8000
+_ADTS_RATE_INDEX = {r: i for i, r in enumerate((96000, 88200, 64000, *reversed(MPEG_RATES)))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +33,6 @@ class _Codec:
     encoder: str  # libavcodec encoder
     sample_fmt: str  # the encoder's input format we feed (int16 where it takes it)
     container: str  # libavformat muxer, for whole files
-    rates: tuple[int, ...] | None
     stream_options: dict[str, str] = field(default_factory=dict)
     file_options: dict[str, str] = field(default_factory=dict)
 
@@ -77,53 +52,12 @@ _CODECS: dict[str, _Codec] = {
     # No bit reservoir when streaming: with it LAME holds frames back longer, and longer
     # still as the stream goes on (measured: 48 ms more lag at 24 kHz, 72+ ms at 48 kHz),
     # which every chunk's latency and every sentence end's padding would pay for.
-    "mp3": _Codec(
-        "libmp3lame", "s16p", "mp3", _MPEG_RATES, {"reservoir": "0"}, {"id3v2_version": "0"}
-    ),
-    "opus": _Codec("libopus", "s16", "ogg", _OPUS_RATES),
-    "aac": _Codec("aac", "fltp", "adts", _MPEG_RATES),
+    "mp3": _Codec("libmp3lame", "s16p", "mp3", {"reservoir": "0"}, {"id3v2_version": "0"}),
+    "opus": _Codec("libopus", "s16", "ogg"),
+    "aac": _Codec("aac", "fltp", "adts"),
     # Streams use 20 ms blocks (not libavcodec's ~100 ms): a sentence end pads one at most.
-    "flac": _Codec("flac", "s16", "flac", None, file_options={"metadata_header_padding": "0"}),
+    "flac": _Codec("flac", "s16", "flac", file_options={"metadata_header_padding": "0"}),
 }
-
-
-def _known(fmt: str) -> None:
-    if fmt not in ALL_FORMATS:
-        raise ValueError(f"unknown audio format {fmt!r}; expected one of {list(ALL_FORMATS)}")
-
-
-def sample_rates(fmt: str) -> tuple[int, ...] | None:
-    """The rates `fmt` can be encoded at within MIN_RATE..MAX_RATE; None: any of them."""
-    _known(fmt)
-    codec = _CODECS.get(fmt)
-    return codec.rates if codec else None
-
-
-def default_rate(fmt: str, engine_rate: int) -> int:
-    """The output rate when the client asks for none: telephony's 8 kHz for G.711, else
-    the engine's own rate, or the lowest rate the codec has at or above it."""
-    if fmt in ("mulaw", "alaw"):
-        return _TELEPHONY_RATE
-    rate = min(max(engine_rate, MIN_RATE), MAX_RATE)
-    rates = sample_rates(fmt)
-    if rates is None or rate in rates:
-        return rate
-    return next(r for r in rates if r >= rate)  # MAX_RATE is in every list
-
-
-def check_rate(fmt: str, rate: int) -> str | None:
-    """None when `fmt` can be encoded at `rate`, else why not (naming the allowed rates)."""
-    if fmt not in ALL_FORMATS:
-        return f"unknown audio format {fmt!r}; expected one of {list(ALL_FORMATS)}"
-    rates = sample_rates(fmt)
-    if rates is not None:
-        if rate in rates:
-            return None
-        listed = ", ".join(map(str, rates[:-1])) + f" or {rates[-1]}"
-        return f"{fmt} encodes at {listed} Hz"
-    if not MIN_RATE <= rate <= MAX_RATE:
-        return f"{fmt} encodes at {MIN_RATE} to {MAX_RATE} Hz"
-    return None
 
 
 def _samples(pcm: bytes) -> np.ndarray:

@@ -1,70 +1,122 @@
-"""Output formats, and the per-sentence encoder a worker feeds engine chunks through.
+"""The output formats: one table, read by validation, the protocol, REST, the SDK and the docs.
 
-These are the stateless formats a worker encodes itself; the compressed ones (mp3, opus,
-aac, flac) and a connection-long stream of any format are in `shared.audio.codecs`.
+Pure data, no codec imports: the SDK reads it without numpy or PyAV. The encoders that make
+each format are in `sentences.py` (what a worker makes itself) and `codecs.py` (the
+compressed ones, and a connection-long stream of any format).
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from voxline.shared.audio.g711 import pcm16_to_alaw, pcm16_to_mulaw
-from voxline.shared.audio.resample import StreamResampler
-from voxline.shared.audio.wav import wav_bytes
+Framing = Literal["riff", "raw", "mp3", "ogg", "adts", "flac"]
+# The names, for the protocol's types (a Literal must be spelled out; a test holds it to FORMATS).
+FormatName = Literal["wav", "pcm", "mulaw", "alaw", "mp3", "opus", "aac", "flac"]
 
-FORMATS = ("wav", "pcm", "mulaw", "alaw")
-# Headerless formats: any prefix of the stream is playable. A WAV header mid-stream plays as
-# a pop, so `wav` is whole-file only.
-STREAMABLE = frozenset({"pcm", "mulaw", "alaw"})
-
-
-def _encode_samples(fmt: str, pcm: np.ndarray) -> bytes:
-    if fmt == "mulaw":
-        return pcm16_to_mulaw(pcm)
-    if fmt == "alaw":
-        return pcm16_to_alaw(pcm)
-    return pcm.astype("<i2", copy=False).tobytes()  # s16le: always whole samples
+MIN_RATE = 8000
+MAX_RATE = 48000
+TELEPHONY_RATE = 8000
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+# MPEG-1, -2 and -2.5 layer III rates; also the AAC rates within MIN_RATE..MAX_RATE.
+MPEG_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
-class SentenceEncoder:
-    """Resamples and encodes ONE sentence's audio.
+@dataclass(frozen=True, slots=True)
+class Format:
+    name: str
+    media_type: str
+    # A file's extension, where players expect another than the format's name: Ogg Opus is
+    # `.ogg`; G.711 files are `.ulaw` / `.alaw` (what sox and ffmpeg recognize).
+    extension: str
+    framing: Framing
+    # Made by a PyAV encoder on the front end (the worker sends PCM); the others a worker
+    # encodes itself, sentence by sentence.
+    compressed: bool
+    # Headerless: any prefix of the bytes plays, so a worker may stream a sentence in pieces
+    # and the SDK streams it by default. A WAV header mid-stream plays as a pop.
+    headerless: bool
+    # The rates it can be encoded at within MIN_RATE..MAX_RATE; None: any of them.
+    rates: tuple[int, ...] | None = None
+    # The rate when the client asks for none and the engine's own does not fit; None: the
+    # engine's rate (or the lowest listed rate at or above it).
+    default_rate: int | None = None
 
-    stream=True: each `encode()` returns the bytes ready so far (the resampler may hold back
-    a few samples until `finish()`). stream=False: `encode()` buffers and returns b"", and
-    `finish()` returns the sentence as one complete file or blob.
-    """
+    @property
+    def streamable(self) -> bool:
+        """Whether `stream_audio` may ask for it: one continuous stream for the connection.
+        Every format but WAV, whose sizes in the header need the end."""
+        return self.framing != "riff"
 
-    def __init__(self, fmt: str, in_rate: int, out_rate: int, *, stream: bool) -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown audio format {fmt!r}; expected one of {list(FORMATS)}")
-        if stream and fmt not in STREAMABLE:
-            raise ValueError(f"{fmt} cannot be streamed; use one of {sorted(STREAMABLE)}")
-        self.fmt = fmt
-        self.out_rate = out_rate
-        self.stream = stream
-        self._resampler = StreamResampler(in_rate, out_rate)
-        self._buffer: list[np.ndarray] = []
-        self._finished = False
 
-    def encode(self, pcm: np.ndarray) -> bytes:
-        if self._finished:
-            raise RuntimeError("SentenceEncoder already finished")
-        out = self._resampler.process(pcm)
-        if not self.stream:
-            if out.size:
-                self._buffer.append(out)
-            return b""
-        return _encode_samples(self.fmt, out) if out.size else b""
+def _raw(name: str, media_type: str, extension: str, default_rate: int | None = None) -> Format:
+    return Format(name, media_type, extension, "raw", False, True, default_rate=default_rate)
 
-    def finish(self) -> bytes:
-        if self._finished:
-            raise RuntimeError("SentenceEncoder already finished")
-        self._finished = True
-        tail = self._resampler.flush()
-        if self.stream:
-            return _encode_samples(self.fmt, tail) if tail.size else b""
-        whole = np.concatenate([*self._buffer, tail]) if self._buffer else tail
-        self._buffer.clear()
-        if self.fmt == "wav":
-            return wav_bytes(_encode_samples("pcm", whole), self.out_rate)
-        return _encode_samples(self.fmt, whole)
+
+def _codec(name: str, media_type: str, extension: str, framing: Framing, **rates: Any) -> Format:
+    return Format(name, media_type, extension, framing, True, False, **rates)
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("wav", "audio/wav", "wav", "riff", compressed=False, headerless=False),
+        _raw("pcm", "audio/pcm", "pcm"),  # s16le mono
+        _raw("mulaw", "audio/basic", "ulaw", default_rate=TELEPHONY_RATE),
+        _raw("alaw", "audio/x-alaw-basic", "alaw", default_rate=TELEPHONY_RATE),
+        _codec("mp3", "audio/mpeg", "mp3", "mp3", rates=MPEG_RATES),
+        _codec("opus", "audio/ogg", "ogg", "ogg", rates=_OPUS_RATES),  # Ogg Opus
+        _codec("aac", "audio/aac", "aac", "adts", rates=MPEG_RATES),  # ADTS
+        _codec("flac", "audio/flac", "flac", "flac"),
+    )
+}
+
+ALL_FORMATS: tuple[str, ...] = tuple(FORMATS)
+COMPRESSED: tuple[str, ...] = tuple(f.name for f in FORMATS.values() if f.compressed)
+STREAMABLE: frozenset[str] = frozenset(f.name for f in FORMATS.values() if f.streamable)
+HEADERLESS: tuple[str, ...] = tuple(f.name for f in FORMATS.values() if f.headerless)
+MEDIA_TYPES: dict[str, str] = {f.name: f.media_type for f in FORMATS.values()}
+FILE_EXTENSIONS: dict[str, str] = {f.name: f.extension for f in FORMATS.values()}
+
+
+def unknown(fmt: str) -> str:
+    return f"unknown audio format {fmt!r}; expected one of {list(ALL_FORMATS)}"
+
+
+def get(fmt: str) -> Format:
+    try:
+        return FORMATS[fmt]
+    except KeyError:
+        raise ValueError(unknown(fmt)) from None
+
+
+def sample_rates(fmt: str) -> tuple[int, ...] | None:
+    """The rates `fmt` can be encoded at within MIN_RATE..MAX_RATE; None: any of them."""
+    return get(fmt).rates
+
+
+def default_rate(fmt: str, engine_rate: int) -> int:
+    """The output rate when the client asks for none: telephony's 8 kHz for G.711, else
+    the engine's own rate, or the lowest rate the codec has at or above it."""
+    spec = get(fmt)
+    if spec.default_rate is not None:
+        return spec.default_rate
+    rate = min(max(engine_rate, MIN_RATE), MAX_RATE)
+    if spec.rates is None or rate in spec.rates:
+        return rate
+    return next(r for r in spec.rates if r >= rate)  # MAX_RATE is in every list
+
+
+def check_rate(fmt: str, rate: int) -> str | None:
+    """None when `fmt` can be encoded at `rate`, else why not (naming the allowed rates)."""
+    if fmt not in FORMATS:
+        return unknown(fmt)
+    rates = FORMATS[fmt].rates
+    if rates is not None:
+        if rate in rates:
+            return None
+        listed = ", ".join(map(str, rates[:-1])) + f" or {rates[-1]}"
+        return f"{fmt} encodes at {listed} Hz"
+    if not MIN_RATE <= rate <= MAX_RATE:
+        return f"{fmt} encodes at {MIN_RATE} to {MAX_RATE} Hz"
+    return None

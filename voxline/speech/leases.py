@@ -12,7 +12,7 @@ from voxline.shared.connections import Client
 from voxline.shared.keys import Keys
 from voxline.shared.tasks import stop
 
-log = logging.getLogger("voxline.api.leases")
+log = logging.getLogger("voxline.speech.leases")
 
 
 class Leases:

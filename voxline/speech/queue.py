@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from voxline.api.leases import Leases
 from voxline.shared.channels import broadcast, is_cluster
 from voxline.shared.connections import Client
 from voxline.shared.keys import SESSION_CANCELLED, Keys, sentence_token, utterance_token
 from voxline.shared.wire import Cancel, Job
+from voxline.speech.leases import Leases
 
 
 class JobQueue:

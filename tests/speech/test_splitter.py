@@ -13,7 +13,7 @@ import unicodedata
 
 import pytest
 
-from voxline.api.splitter import SentenceSplitter
+from voxline.speech.splitter import SentenceSplitter
 
 
 def run(chunks: list[str], **options: object) -> list[str]:
