@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from voxline.shared.keys import JOBS_GROUP, Keys
 from voxline.shared.protocol import EXTENSIONS, PATH
 from voxline.worker.consumer import Worker
 from voxline.worker.engines import load_engine
+from voxline.worker.slots import EntryKey, Held
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 RECV_TIMEOUT = 10.0
@@ -240,3 +241,18 @@ async def settled(worker: Worker, outcomes: tuple[str, ...], total: int) -> dict
             break
         await asyncio.sleep(0.01)
     return dict(worker.stats)
+
+
+def peak_held(worker: Worker) -> Callable[[], int]:
+    """The most jobs `worker` holds at once from now on (its slot table's `hold`, wrapped):
+    what the slot accounting must never let exceed the slots."""
+    peak = 0
+    hold = worker.held.hold
+
+    def tracking(key: EntryKey, held: Held) -> None:
+        nonlocal peak
+        hold(key, held)
+        peak = max(peak, len(worker.held.jobs))
+
+    worker.held.hold = tracking  # type: ignore[method-assign]
+    return lambda: peak

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import pytest
 
-from tests.harness import pending_jobs, queued_jobs, settled
+from tests.harness import peak_held, pending_jobs, queued_jobs, settled
 from tests.shared.test_wire import previous_job_encoding
 from voxline.shared.config import Settings
 from voxline.shared.connections import connect
@@ -20,6 +21,7 @@ from voxline.speech.queue import JobQueue
 from voxline.worker.consumer import Worker
 from voxline.worker.engines import load_engine
 from voxline.worker.engines.tone import ToneEngine
+from voxline.worker.runner import JobRunner
 
 
 @contextlib.asynccontextmanager
@@ -219,6 +221,7 @@ async def test_readers_of_several_shards_never_overfill_the_slots(
     async with running_worker(
         redis_url, key_prefix, shards=3, sessions=tuple(sessions.values()), rtf="0.2"
     ) as worker:
+        peak = peak_held(worker)
         async with contextlib.AsyncExitStack() as stack:
             streams = [
                 await stack.enter_async_context(listen(redis_url, keys.audio_channel(sid)))
@@ -228,7 +231,7 @@ async def test_readers_of_several_shards_never_overfill_the_slots(
                 await queue.enqueue(*(_job(1, session_id=sid) for sid in sessions.values()))
                 for events in streams:
                     assert (await _until_done(events))[-1].kind is EventKind.DONE
-        assert worker.claimed_max == 1
+        assert peak() == 1
         assert worker.stats["completed"] == 9 and worker.stats["handed_back"] >= 2
         assert await pending_jobs(redis, keys) == 0 and await queued_jobs(redis, keys) == 0
     await redis.aclose()
@@ -260,6 +263,7 @@ async def test_claims_follow_the_engines_capacity(
     settings = Settings(redis_url=redis_url, key_prefix=key_prefix)
     engine = _Measured(rtf=1.0)
     worker = Worker(settings, engine, concurrency=concurrency)
+    peak = peak_held(worker)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.ready.wait(), 10)
     try:
@@ -271,7 +275,7 @@ async def test_claims_follow_the_engines_capacity(
         assert await pending_jobs(redis, keys) == held
         engine.slots = 1  # capacity fell: no new claim until in-flight work drops below it
         await settled(worker, ("completed",), held)
-        assert worker.claimed_max == held
+        assert peak() == held
         assert len(worker.in_flight) <= 1
     finally:
         task.cancel()
@@ -336,6 +340,7 @@ async def test_batch_sentences_wait_for_real_time_ones_and_keep_to_their_share(
     await queue.enqueue(_job(0, "A real-time sentence."), _job(1, "Another real-time one."))
     settings = Settings(redis_url=redis_url, key_prefix=key_prefix, batch_share=0.5)
     worker = Worker(settings, ToneEngine(rtf=0.5), concurrency=2)
+    peak = peak_held(worker)
     task = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.ready.wait(), 10)
@@ -351,7 +356,7 @@ async def test_batch_sentences_wait_for_real_time_ones_and_keep_to_their_share(
             await asyncio.sleep(0.01)
         assert await redis.hlen(keys.batch_audio(batch_id)) == 4
         assert most_batch == 1
-        assert worker.claimed_max <= 2
+        assert peak() <= 2
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -360,7 +365,7 @@ async def test_batch_sentences_wait_for_real_time_ones_and_keep_to_their_share(
 
 
 async def test_a_job_acknowledged_with_its_done_is_never_taken_for_lost(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between the write that carries DONE (and the acknowledgement) and the end of its task,
     a job is off the pending list but still running here: the refresh must not read that as
@@ -371,13 +376,13 @@ async def test_a_job_acknowledged_with_its_done_is_never_taken_for_lost(
     settings = Settings(redis_url=redis_url, key_prefix=key_prefix, claim_idle=0.08)
     worker = Worker(settings, ToneEngine(), concurrency=1)
     # The moment after DONE, held open for several refresh rounds (one every 20 ms).
-    settle, release = worker._settle, asyncio.Event()
+    settle, release = JobRunner._settle, asyncio.Event()
 
-    async def slow_settle(*args: object) -> None:
+    async def slow_settle(*args: Any) -> None:
         await release.wait()
-        await settle(*args)  # type: ignore[arg-type]
+        await settle(*args)
 
-    worker._settle = slow_settle  # type: ignore[method-assign]
+    monkeypatch.setattr(JobRunner, "_settle", slow_settle)
     task = asyncio.create_task(worker.run())
     try:
         await asyncio.wait_for(worker.ready.wait(), 10)

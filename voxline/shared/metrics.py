@@ -16,7 +16,7 @@ sets (engine names, outcomes), never session ids.
 | `voxline_worker_queue_wait_seconds` | histogram {stream} | enqueue → a worker starts it |
 | `voxline_worker_batch_size` | histogram {at} | sentences synthesized at once |
 | `voxline_worker_rtf` | histogram {engine} | synthesis time / audio duration |
-| `voxline_worker_sentences_total` | counter {outcome} | jobs settled, see `_SETTLED` |
+| `voxline_worker_sentences_total` | counter {outcome} | jobs settled: worker/outcomes.py |
 
 The first six are the front end's, the last four the worker's. The backlog is global: every
 front end reports the same value (aggregate with max, not sum). The queue wait compares the
@@ -27,7 +27,6 @@ the worker holds) and each `engine_step` of a batching engine (pocket-tts).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Literal
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -137,16 +136,8 @@ def redis_error(component: Component) -> None:
 
 # --- worker -----------------------------------------------------------------------------------
 
-# Which outcome a job's counters name, first match wins (see worker.registry.COUNTERS).
-_SETTLED = (
-    ("lost", "lost"),
-    ("released", "released"),
-    ("failed", "failed"),
-    ("cancelled", "cancelled"),
-    ("completed", "completed"),
-    ("skipped_cancelled", "skipped"),
-    ("orphaned", "orphaned"),
-)
+# The label of each outcome (worker/outcomes.py) where it differs from the outcome's name.
+_LABELS = {"skipped_cancelled": "skipped"}
 
 
 def job_started(stream: str, enqueued_at: float, held: int) -> None:
@@ -158,10 +149,9 @@ def job_started(stream: str, enqueued_at: float, held: int) -> None:
     WORKER_BATCH_SIZE.labels("job_start").observe(held)
 
 
-def job_settled(counts: Mapping[str, int]) -> None:
-    """A job is settled; malformed jobs and errors outside the engine count as failed."""
-    outcome = next((label for name, label in _SETTLED if counts.get(name)), "failed")
-    WORKER_SENTENCES.labels(outcome).inc()
+def job_settled(outcome: str) -> None:
+    """A job is settled, as `outcome` (worker/outcomes.py's Outcome)."""
+    WORKER_SENTENCES.labels(_LABELS.get(outcome, outcome)).inc()
 
 
 def synthesized(engine: str, seconds: float, samples: int, sample_rate: int) -> None:

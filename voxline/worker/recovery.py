@@ -32,6 +32,14 @@ class Delivery:
     attempt: int = 1  # the entry's delivery count
 
 
+def acknowledge_in(pipe: Any, delivery: Delivery) -> None:
+    """Done with a job's entry: off the pending list and out of the stream (a stream of
+    finished jobs would only grow). The one place a worker lets go of an entry it finished or
+    handed on."""
+    pipe.xack(delivery.stream, JOBS_GROUP, delivery.entry_id)
+    pipe.xdel(delivery.stream, delivery.entry_id)
+
+
 @dataclass
 class ClaimResult:
     deliveries: list[Delivery]
