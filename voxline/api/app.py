@@ -28,7 +28,7 @@ from voxline.api.errors import HTTPError
 from voxline.api.hub import Hub
 from voxline.api.metrics import router as metrics_router
 from voxline.api.server import quiet_client_faults
-from voxline.api.session import Session
+from voxline.api.session import serve as serve_websocket
 from voxline.api.speech import speech_router
 from voxline.shared.config import Settings
 from voxline.shared.protocol import PATH
@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, sidecar: Sidecar | None = None) -> FastAPI
 
     @app.websocket(PATH)
     async def speech_stream(ws: WebSocket) -> None:
-        await Session(ws, ws.app.state.hub).run()
+        await serve_websocket(ws, ws.app.state.hub)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

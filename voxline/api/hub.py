@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from arq.connections import ArqRedis
 
@@ -20,23 +19,9 @@ from voxline.shared.config import Settings
 from voxline.shared.connections import Client, connect
 from voxline.shared.keys import Keys
 from voxline.shared.streams import ensure_jobs_group, shard_advice
+from voxline.speech.backend import LiveSession
 from voxline.speech.leases import Leases
 from voxline.speech.queue import JobQueue
-
-
-class LiveSession(Protocol):
-    """What the hub asks of the sessions it holds (api/session.py's Session, which imports
-    the hub: a protocol here keeps the import one-way)."""
-
-    id: str
-    finished: asyncio.Event
-
-    def abort_outstanding(self, reason: str) -> None: ...
-
-    async def shutdown(self) -> None: ...
-
-    async def force_restart(self) -> None: ...
-
 
 log = logging.getLogger("voxline.api.hub")
 

@@ -1,10 +1,10 @@
 """OpenAI-compatible `POST /v1/audio/speech`, through the same sessions, queue and workers as
 the WebSocket.
 
-The request runs as a `Session` on an in-process socket (api/inproc.py): the text is split,
-queued sentence by sentence, synthesized in parallel and relayed in order. The workers send
-PCM at the asked rate; this module encodes one stream for the whole response (one Ogg, MP3,
-ADTS or FLAC stream) and sends it as chunked bytes or as server-sent events.
+The request runs as a speech session on an in-process transport (speech/local.py): the text
+is split, queued sentence by sentence, synthesized in parallel and relayed in order. The
+workers send PCM at the asked rate; this module encodes one stream for the whole response (one
+Ogg, MP3, ADTS or FLAC stream) and sends it as chunked bytes or as server-sent events.
 
 A WAV has exactly one header. Not streamed (vllm-omni's `stream` false or absent) it is a
 complete file whose RIFF and data sizes are right, sent once the last sentence is done;
@@ -33,14 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from voxline.api.errors import HTTPError, ResponseAborted, documented
 from voxline.api.hub import Hub
-from voxline.api.inproc import Closed, Frame, LocalSocket
 from voxline.api.rest import parse_body, pool_engine, read_body, too_large
-from voxline.api.session import Session
 from voxline.shared.audio.codecs import StreamEncoder
 from voxline.shared.audio.formats import MEDIA_TYPES, check_rate, default_rate
 from voxline.shared.audio.wav import wav_bytes
 from voxline.shared.config import Settings
 from voxline.shared.protocol import AudioFormat, ErrorCode
+from voxline.speech.local import Closed, Frame, LocalTransport
+from voxline.speech.session import SpeechSession
 from voxline.speech.splitter import speakable
 
 log = logging.getLogger("voxline.api.speech")
@@ -208,8 +208,10 @@ async def _speak(request: Request, hub: Hub) -> Response:
         if (value := getattr(req, name)) is not None:
             config[name] = value
 
-    sock = LocalSocket()
-    task = asyncio.create_task(Session(sock, hub).run(), name="rest-session")
+    sock = LocalTransport()
+    # The caller here reads voxline's extension messages (session.ready, warning).
+    session = SpeechSession(hub, sock, extensions=True)
+    task = asyncio.create_task(session.run(), name="rest-session")
     try:
         sock.send(config)
         ready = await sock.next()
@@ -270,7 +272,7 @@ def _refusal(frame: Frame) -> HTTPError:
     return HTTPError(500, "the session ended before any audio", code="internal")
 
 
-async def _until_audio(sock: LocalSocket) -> list[Frame]:
+async def _until_audio(sock: LocalTransport) -> list[Frame]:
     """Frames up to the first audio or the end; raises when something failed first."""
     head: list[Frame] = []
     while True:
@@ -285,7 +287,7 @@ async def _until_audio(sock: LocalSocket) -> list[Frame]:
 
 
 async def _stream(
-    sock: LocalSocket,
+    sock: LocalTransport,
     task: asyncio.Task[None],
     encoder: StreamEncoder,
     head: list[Frame],
@@ -356,7 +358,7 @@ async def _sse(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield b"data: " + json.dumps(done).encode() + b"\n\n"
 
 
-async def _end(sock: LocalSocket, task: asyncio.Task[None]) -> None:
+async def _end(sock: LocalTransport, task: asyncio.Task[None]) -> None:
     """Stop the session (a no-op once it closed): its outstanding work is cancelled."""
     if not task.done():
         sock.disconnect()

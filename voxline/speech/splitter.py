@@ -166,6 +166,9 @@ def _long_enough(fragment: str) -> bool:
 class SentenceSplitter:
     """Cuts a stream of LLM text into speakable sentences, each released once it is certain."""
 
+    # Declared here: flush() reads it before its first assignment in the class's text.
+    _buf: str
+
     def __init__(
         self, *, max_sentence_chars: int = 300, granularity: Granularity = "sentence"
     ) -> None:
