@@ -20,7 +20,17 @@ from tests.test_readme import _blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 # What only the server needs: a client machine must be able to go without every one.
-SERVER_ONLY = ("numpy", "av", "redis", "fastapi", "torch", "msgpack", "starlette", "uvicorn")
+SERVER_ONLY = (
+    "numpy",
+    "av",
+    "redis",
+    "fastapi",
+    "torch",
+    "msgpack",
+    "starlette",
+    "uvicorn",
+    "pydantic_settings",
+)
 SERVER_PACKAGES = ("voxline.api", "voxline.worker", "voxline.batch", "voxline.speech.queue")
 
 

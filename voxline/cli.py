@@ -10,11 +10,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from voxline.shared import runtime
-from voxline.shared.config import DEFAULT_REDIS_URL, Settings
+from voxline.shared.defaults import DEFAULT_REDIS_URL
 from voxline.shared.logs import FORMATS, configure_logging
+
+if TYPE_CHECKING:
+    # Imported where used: it needs pydantic-settings, of the `server` extra (`voxline say`
+    # runs on the SDK alone).
+    from voxline.shared.config import Settings
+    from voxline.worker.engines.base import Engine
 
 DEFAULT_PORT = 8000
 REDIS_URL_HELP = f"Redis server (default: $VOXLINE_REDIS_URL, else {DEFAULT_REDIS_URL})"
@@ -274,7 +281,8 @@ def _add_engine(parser: argparse.ArgumentParser, *, default: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="engine option, repeatable (e.g. --engine-opt rtf=0.5 for tone; default: none)",
+        help="engine option, repeatable (e.g. --engine-opt rtf=0.5 for tone); one not given is "
+        "read from VOXLINE_ENGINE_<KEY> if set (default: the engine's own)",
     )
     parser.add_argument(
         "--concurrency",
@@ -300,11 +308,16 @@ def _engine_options(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        redis_url=args.redis_url,
-        key_prefix=args.key_prefix,
-        metrics_port=getattr(args, "metrics_port", None),
-    )
+    from voxline.shared.config import Settings
+
+    try:
+        return Settings.from_env(
+            redis_url=args.redis_url,
+            key_prefix=args.key_prefix,
+            metrics_port=getattr(args, "metrics_port", None),
+        )
+    except ValueError as exc:  # a bad VOXLINE_* value, named with its variable
+        raise SystemExit(f"voxline: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,7 +396,7 @@ def _run_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _make_engine(args: argparse.Namespace) -> Engine:
     from voxline.worker.engines import load_engine
 
     try:
@@ -397,7 +410,9 @@ def _make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return engine
 
 
-def _log_loading(engine, name: str, model: str | None) -> None:  # type: ignore[no-untyped-def]
+# `engine` (an Engine) is left unannotated: its start() is replaced, which mypy refuses on a
+# method.
+def _log_loading(engine, name: str, model: str | None) -> None:
     """Log around the engine's `start()`, where the worker loads its model (seconds to minutes
     for a neural engine: without this, a worker looks hung)."""
     start = engine.start
@@ -460,7 +475,7 @@ def _serve_metrics(port: int) -> None:
         raise SystemExit(f"voxline: cannot serve metrics on port {port}: {exc}") from None
 
 
-async def _until_signal(coro) -> None:  # type: ignore[no-untyped-def]
+async def _until_signal(coro: Coroutine[Any, Any, object]) -> None:
     import signal
 
     task = asyncio.ensure_future(coro)

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import websockets
+from websockets.typing import Subprotocol
 
 from voxline.events import (
     TERMINAL,
@@ -488,7 +489,7 @@ class connect:  # noqa: N801 (used like a function, as websockets.connect is)
                 self.url,
                 max_size=None,
                 additional_headers=self.headers,
-                subprotocols=[EXTENSIONS],
+                subprotocols=[Subprotocol(EXTENSIONS)],
             )
             try:
                 with contextlib.suppress(websockets.ConnectionClosed):

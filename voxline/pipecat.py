@@ -205,7 +205,8 @@ class VoxlineTTSService(WebsocketTTSService):
         self._ending = True
         await super().stop(frame)
 
-    async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:
+    # The signature of pipecat's own TTSService, which narrows AIService's ServiceSettings.
+    async def _update_settings(self, delta: TTSSettings) -> dict[str, Any]:  # type: ignore[override]
         changed = await super()._update_settings(delta)
         if "language" in changed:
             self.engine_language = None

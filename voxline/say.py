@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import websockets
 
@@ -83,7 +85,8 @@ async def _pieces(text: str | None) -> AsyncIterator[str]:
         yield text
         return
     loop = asyncio.get_running_loop()
-    reader = sys.stdin.buffer
+    # A buffered reader (typeshed says BinaryIO, which has no read1).
+    reader = cast(io.BufferedIOBase, sys.stdin.buffer)
     pending = b""
     while True:
         # read1 returns whatever has arrived: piped LLM tokens go out as they come.

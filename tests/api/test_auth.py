@@ -110,8 +110,6 @@ def test_duplicate_labels_or_keys_are_refused() -> None:
     [
         {"api_keys": KEY},
         {"allowed_origins": "app.example.com"},
-        {"max_sessions_per_key": -1},
-        {"max_sessions_per_client": -1},
         {"trusted_proxies": "10.0.0.0/33"},
         {"trusted_proxies": "10.0.0.1, proxy.internal"},
     ],
@@ -120,6 +118,16 @@ def test_bad_auth_settings_stop_the_app_at_creation(overrides: dict[str, Any]) -
     with pytest.raises(AuthConfigError) as caught:
         create_app(Settings(**overrides))
     assert KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["max_sessions_per_key", "max_sessions_per_client"])
+def test_negative_session_limits_are_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # 0 is "no limit"; below it Settings itself refuses, naming the variable.
+    monkeypatch.setenv(f"VOXLINE_{name.upper()}", "-1")
+    with pytest.raises(
+        ValueError, match=f"VOXLINE_{name.upper()}='-1'.*greater than or equal to 0"
+    ):
+        Settings.from_env()
 
 
 def test_bad_keys_from_the_environment_stop_the_app(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ MIN_MARGIN_S = 5.0
 
 
 def setting_env_names() -> set[str]:
-    return {f"VOXLINE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    return {Settings.env_name(name) for name in Settings.model_fields}
 
 
 def settings_from(env: Mapping[str, str]) -> Settings:

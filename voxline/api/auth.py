@@ -252,10 +252,7 @@ class Authenticator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
-        if settings.max_sessions_per_key < 0:
-            raise AuthConfigError("VOXLINE_MAX_SESSIONS_PER_KEY must be 0 (no limit) or more")
-        if settings.max_sessions_per_client < 0:
-            raise AuthConfigError("VOXLINE_MAX_SESSIONS_PER_CLIENT must be 0 (no limit) or more")
+        # The session limits' ranges (0: no limit) are Settings' own constraints.
         return cls(
             parse_keys(settings.api_keys),
             parse_origins(settings.allowed_origins),

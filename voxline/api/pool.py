@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import cast
 
 from voxline.shared.capabilities import EngineInfo
 from voxline.shared.connections import Client
@@ -33,7 +34,11 @@ class WorkerPool:
 
     async def live_workers(self) -> list[str]:
         now = time.time()
-        ids = await self._redis.zrangebyscore(self._keys.workers, now - self._ttl, "+inf")
+        # Without withscores, the members alone (redis-py's type also names (member, score)).
+        ids = cast(
+            list[bytes | str],
+            await self._redis.zrangebyscore(self._keys.workers, now - self._ttl, "+inf"),
+        )
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     async def engine(self, max_age: float = 1.0) -> tuple[EngineInfo | None, int]:

@@ -109,7 +109,7 @@ def make_worker(settings: Settings, *, burst: bool = False, poll_delay: float = 
     quiet_cron_logs()
     if is_memory(settings.arq_redis_url or settings.redis_url):
         # arq logs the server's INFO at start, which the in-memory Redis does not answer.
-        arq.worker.log_redis_info = _server_info  # type: ignore[attr-defined]
+        arq.worker.log_redis_info = _server_info
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["voxline"] = _Context(settings, keys, connect(settings.redis_url))

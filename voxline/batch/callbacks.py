@@ -165,7 +165,7 @@ def resolve(host: str, port: int) -> list[Address]:
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
-def open_socket(family: int, sockaddr: tuple[object, ...], timeout: float) -> socket.socket:
+def open_socket(family: int, sockaddr: tuple[object, ...], timeout: float | None) -> socket.socket:
     """A TCP connection to a vetted address (tests replace it)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

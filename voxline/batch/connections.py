@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
 from voxline.shared.config import Settings
@@ -31,7 +32,9 @@ def arq_pool(settings: Settings) -> ArqRedis:
     """A client of arq's Redis (fakeredis in the embedded mode, sharing its server)."""
     # connect() gives the waiting pool of every voxline client, or for memory:// the process's
     # in-memory server, which the embedded mode's arq worker then shares.
-    return ArqRedis(connection_pool=connect(arq_url(settings)).connection_pool)
+    client = connect(arq_url(settings))
+    assert isinstance(client, aioredis.Redis)  # arq_url() refuses a cluster URL
+    return ArqRedis(connection_pool=client.connection_pool)
 
 
 def arq_job_id(batch_id: str) -> str:

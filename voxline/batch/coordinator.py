@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
@@ -28,6 +29,7 @@ from arq.constants import in_progress_key_prefix
 from voxline.batch import callbacks
 from voxline.batch.results import Results, ResultTooLarge
 from voxline.shared.audio.codecs import encode_file
+from voxline.shared.backoff import Backoff
 from voxline.shared.batches import FINAL, Batches, BatchState, BatchStatus
 from voxline.shared.config import Settings
 from voxline.shared.connections import Client
@@ -100,7 +102,8 @@ class Coordinator:
         key = self.keys.batch_sentences(self.id)
         stored = await self.redis.lrange(key, 0, -1)
         if stored:
-            return [s.decode() for s in stored]
+            # Replies are bytes (no decode_responses); redis-py types them bytes | str.
+            return [s.decode() for s in cast(list[bytes], stored)]
         splitter = SentenceSplitter(max_sentence_chars=self.settings.max_sentence_chars)
         sentences = [*splitter.feed(state.request.text), *splitter.flush()]
         if sentences:
@@ -130,7 +133,10 @@ class Coordinator:
                 done, queued = await self._stored_and_queued()
                 queued = await self._forget_lost(queued, done)
                 full = False
-            raw, failed = await self.redis.hmget(self.keys.batch(self.id), ["status", "failed"])
+            raw, failed = cast(
+                list[bytes | None],
+                await self.redis.hmget(self.keys.batch(self.id), ["status", "failed"]),
+            )
             status = BatchStatus(raw.decode()) if raw else BatchStatus.CANCELLED
             if status in FINAL:
                 return status, "cancelled"
@@ -156,7 +162,8 @@ class Coordinator:
 
     async def _last_event(self) -> bytes | str:
         newest = await self.redis.xrevrange(self.keys.batch_events(self.id), count=1)
-        return newest[0][0] if newest else "0-0"
+        # An entry's id is never None (redis-py's type allows it for XCLAIM's replies).
+        return cast(bytes, newest[0][0]) if newest else "0-0"
 
     async def _wait(self, last: bytes | str) -> tuple[bytes | str, list[int]]:
         """Block until a worker stores a sentence (or a cancel wakes us), at most
@@ -165,6 +172,7 @@ class Coordinator:
         reply = await self.redis.xread(
             {self.keys.batch_events(self.id): last}, block=int(self._check_every * 1000)
         )
+        assert isinstance(reply, list)  # RESP2's [[stream, entries]] (redis-py: or RESP3's dict)
         entries = [entry for _, batch in (reply or []) for entry in batch]
         if not entries:
             return last, []
@@ -265,9 +273,9 @@ class Coordinator:
             if any(part is None for part in parts):
                 # Only a job ended meanwhile loses its audio; otherwise let arq run it again.
                 if (status := await self.batches.status(self.id)) in FINAL:
-                    return status  # type: ignore[return-value]
+                    return status
                 raise RuntimeError(f"batch {self.id}: stored audio vanished")
-            pcm += b"".join(parts)
+            pcm += b"".join(cast(list[bytes], parts))  # none is None (checked above)
         data = await asyncio.to_thread(encode_file, req.format, bytes(pcm), req.sample_rate)
         try:
             where = await self.results.store(self.id, req.format, data)
@@ -275,8 +283,8 @@ class Coordinator:
             await self._end(state, BatchStatus.FAILED, error=str(exc))
             return BatchStatus.FAILED
         duration = len(pcm) / 2 / req.sample_rate
-        fields = {"result": where, "bytes": len(data), "duration": f"{duration:.3f}"}
-        if not await self._end(state, BatchStatus.DONE, done=total, **fields):
+        written = {"result": where, "bytes": len(data), "duration": f"{duration:.3f}"}
+        if not await self._end(state, BatchStatus.DONE, done=total, **written):
             # Cancelled while the file was being made: nobody will fetch it.
             with contextlib.suppress(OSError):
                 await self.results.delete(dataclasses.replace(state, result=where))
@@ -302,9 +310,10 @@ class Coordinator:
         body = json.dumps(final.public()).encode()
         shown = callbacks.redact_url(url)
         outcome = callbacks.Outcome()
+        backoff = Backoff(_CALLBACK_BACKOFF)  # uncapped: _CALLBACK_TRIES bounds it
         for attempt in range(_CALLBACK_TRIES):
             if attempt:
-                await asyncio.sleep(_CALLBACK_BACKOFF * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff.next())
             try:
                 outcome = await asyncio.to_thread(
                     callbacks.deliver, url, body, self._callback_allow

@@ -28,7 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import ResponseError, WatchError
 
@@ -38,6 +38,9 @@ from voxline.shared.keys import BATCH_SESSION_PREFIX, JOBS_GROUP, Keys
 from voxline.shared.wire import Job
 
 log = logging.getLogger("voxline.batch.housekeeping")
+
+# The casts of replies below: replies are bytes (no client sets decode_responses) and stream
+# reads are RESP2's lists, where redis-py's types say bytes | str and name RESP3's dicts too.
 
 # The dead-letter stream's consumer group: one group for every replica, so each entry is
 # delivered to one drainer only.
@@ -228,7 +231,10 @@ async def _prune_workers(redis: Client, keys: Keys, cutoff: float) -> int:
         async with redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(keys.workers)
-                stale = await pipe.zrangebyscore(keys.workers, "-inf", f"({cutoff}", 0, CHUNK)
+                stale = cast(
+                    list[bytes],
+                    await pipe.zrangebyscore(keys.workers, "-inf", f"({cutoff}", 0, CHUNK),
+                )
                 if not stale:
                     return removed
                 gone = await _without_hash(redis, keys, stale)
@@ -398,8 +404,11 @@ async def drain_dead_letters(
         if cursor in (b"0-0", "0-0"):
             break
     while True:
-        reply = await redis.xreadgroup(
-            DRAIN_GROUP, consumer, {keys.dead_letters: ">"}, count=DRAIN_BATCH
+        reply = cast(
+            list[Any],
+            await redis.xreadgroup(
+                DRAIN_GROUP, consumer, {keys.dead_letters: ">"}, count=DRAIN_BATCH
+            ),
         )
         entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
         if not entries:
@@ -448,7 +457,7 @@ async def _prune_report(redis: Client, keys: Keys, cutoff: float) -> int:
     # trickle of dead letters it would never lapse, so old entries go one by one. Field
     # names are entry ids, that is, ms timestamps.
     old: list[bytes] = []
-    for field in await redis.hkeys(keys.dead_letter_report):
+    for field in cast(list[bytes], await redis.hkeys(keys.dead_letter_report)):
         try:
             if _id_seconds(field) < cutoff:
                 old.append(field)
@@ -461,7 +470,7 @@ async def _prune_report(redis: Client, keys: Keys, cutoff: float) -> int:
 
 async def dead_letter_report(redis: Client, keys: Keys) -> list[dict[str, Any]]:
     """Every reported dead letter, oldest (by when it was given up on) first."""
-    raw = await redis.hgetall(keys.dead_letter_report)
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.dead_letter_report))
     reports: list[dict[str, Any]] = []
     for entry_id, value in raw.items():
         try:

@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 from voxline.shared.batches import BatchState
 from voxline.shared.config import Settings
@@ -54,7 +55,8 @@ class Results:
         """The finished file in pieces, or None when it is gone (expired, or removed)."""
         if state.result == IN_REDIS:
             data = await self._redis.get(self._keys.batch_result(state.id))
-            return None if data is None else _once(data)
+            # Replies are bytes (no decode_responses); redis-py types them bytes | str.
+            return None if data is None else _once(cast(bytes, data))
         path = Path(state.result)
         try:
             handle = await asyncio.to_thread(path.open, "rb")

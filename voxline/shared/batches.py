@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import WatchError
 
@@ -146,15 +146,18 @@ class Batches:
         fields.update(status=str(BatchStatus.QUEUED), created_at=f"{time.time():.3f}")
         key = self.keys.batch(batch_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
+            # redis-py's Mapping[FieldT, EncodableT] is invariant in its key: dict[str, str] fails.
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(key, self._live_ttl)
             await pipe.execute()
 
     async def get(self, batch_id: str) -> BatchState | None:
-        return parse_state(batch_id, await self.redis.hgetall(self.keys.batch(batch_id)))
+        # Replies are bytes (no decode_responses); redis-py types them bytes | str.
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(self.keys.batch(batch_id)))
+        return parse_state(batch_id, raw)
 
     async def status(self, batch_id: str) -> BatchStatus | None:
-        raw = await self.redis.hget(self.keys.batch(batch_id), "status")
+        raw = cast(bytes | None, await self.redis.hget(self.keys.batch(batch_id), "status"))
         return BatchStatus(raw.decode()) if raw else None
 
     async def set_fields(self, batch_id: str, **fields: object) -> None:
@@ -200,7 +203,7 @@ class Batches:
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(key)
-                    raw = await pipe.hget(key, "status")
+                    raw = cast(bytes | None, await pipe.hget(key, "status"))
                     pipe.multi()
                     if not await change(pipe, BatchStatus(raw.decode()) if raw else None):
                         return False

@@ -178,6 +178,17 @@ def connect_node(url: str, host: str, port: int, *, blocking: bool = False) -> a
     )
 
 
+def primary_of(cluster: RedisCluster, key: str | bytes) -> ClusterNode:
+    """The master owning `key`'s slot (`SlotNotCoveredError` when none does).
+
+    redis-py types `get_node_from_key` as taking a str and returning an Optional node; it
+    encodes bytes keys as well, and only a replica lookup can come back empty.
+    """
+    node = cluster.get_node_from_key(key)  # type: ignore[arg-type]  # bytes keys work too
+    assert node is not None  # replica=False: the slot's master
+    return node
+
+
 def _cluster_client(url: str, blocking: bool) -> RedisCluster:
     # RedisCluster has no retry_on_timeout: on ConnectionError/TimeoutError it re-reads the
     # slot map and retries (cluster_error_retry_attempts), which is how it follows a failover.

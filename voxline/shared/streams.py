@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT
 
-from voxline.shared.connections import Client
+from voxline.shared.connections import Client, primary_of
 from voxline.shared.keys import JOBS_GROUP, Keys
 
 
@@ -32,7 +35,7 @@ async def read_group(
     *,
     count: int,
     block: int | None = None,
-) -> list:
+) -> list[Any]:
     """XREADGROUP for the workers' group over streams of one slot (one shard).
 
     On a Cluster the node is named from the first stream's slot: redis-py would otherwise ask
@@ -40,13 +43,22 @@ async def read_group(
     round trip more per read, and no read at all while that node is down.
     """
     if not isinstance(redis, RedisCluster):
-        return await redis.xreadgroup(JOBS_GROUP, consumer, streams, count=count, block=block)
-    args: list[object] = ["XREADGROUP", "GROUP", JOBS_GROUP, consumer, "COUNT", count]
+        # redis-py's parameter is a Dict[KeyT, StreamIdT], invariant: a dict[str, str] fails.
+        reply = await redis.xreadgroup(
+            JOBS_GROUP,
+            consumer,
+            streams,  # type: ignore[arg-type]
+            count=count,
+            block=block,
+        )
+        assert isinstance(reply, list)  # RESP2's [[stream, entries]] (redis-py: or RESP3's dict)
+        return reply
+    args: list[EncodableT] = ["XREADGROUP", "GROUP", JOBS_GROUP, consumer, "COUNT", count]
     if block is not None:
         args += ["BLOCK", block]
     args += ["STREAMS", *streams, *streams.values()]
     await redis.initialize()  # a no-op once the slot map is loaded (and not known stale)
-    node = redis.get_node_from_key(next(iter(streams)))
+    node = primary_of(redis, next(iter(streams)))
     return await redis.execute_command(*args, target_nodes=node)
 
 
@@ -55,7 +67,7 @@ def shard_advice(redis: Client, keys: Keys) -> str | None:
     if not isinstance(redis, RedisCluster):
         return None
     masters = {node.name for node in redis.get_primaries()}
-    used = {redis.get_node_from_key(shard.rest).name for shard in keys.job_shards}
+    used = {primary_of(redis, shard.rest).name for shard in keys.job_shards}
     if used >= masters:
         return None
     return (

@@ -27,6 +27,6 @@ async def stop(*tasks: asyncio.Task[object] | None, within: float = 10.0) -> Non
         if pending and loop.time() >= deadline:
             log.error("%d tasks did not stop within %g s: %s", len(pending), within, pending)
             return
-    for task in tasks:
-        if task is not None and task.done() and not task.cancelled():
-            task.exception()  # retrieved: the owner logged or ignored it already
+    for t in tasks:
+        if t is not None and t.done() and not t.cancelled():
+            t.exception()  # retrieved: the owner logged or ignored it already

@@ -45,13 +45,29 @@ class EnginePool(Protocol):
 
 
 class Backend(Protocol):
-    settings: Settings
-    queue: JobQueue
-    returns: ReturnChannel
-    leases: Leases
-    pool: EnginePool
-    sessions: set[LiveSession]
-    draining: bool  # shutting down: new sessions are refused
+    # Read-only to the session: properties, so that the hub's own types fit.
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def queue(self) -> JobQueue: ...
+
+    @property
+    def returns(self) -> ReturnChannel: ...
+
+    @property
+    def leases(self) -> Leases: ...
+
+    @property
+    def pool(self) -> EnginePool: ...
+
+    @property
+    def sessions(self) -> set[LiveSession]:
+        """The process's open sessions; a session adds itself once admitted."""
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: new sessions are refused."""
 
     async def overloaded(self) -> str | None:
         """Why a new session must be refused now, or None."""

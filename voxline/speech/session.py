@@ -404,14 +404,14 @@ class SpeechSession:
             )
         utt = self._open_utterance()
         await self._enqueue_all(utt, utt.splitter.feed(text))
-        limit = self.settings.max_utterance_seconds
-        if time.monotonic() - utt.opened_at > limit:
+        seconds = self.settings.max_utterance_seconds
+        if time.monotonic() - utt.opened_at > seconds:
             # An utterance that never ends would hold its buffer and order forever: end it
             # here (as input.done would) and say so; more text starts the next one.
             await self._end_utterance(utt)
             raise ProtocolError(
                 ErrorCode.UTTERANCE_TOO_LONG,
-                f"utterance {utt.index} reached its limit of {limit:g} s and was ended; "
+                f"utterance {utt.index} reached its limit of {seconds:g} s and was ended; "
                 "further text starts a new utterance",
             )
 

@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from voxline.shared import metrics
+from voxline.shared.backoff import Backoff
 from voxline.shared.connections import Client, connect
 from voxline.shared.connections import pubsub as open_pubsub
 from voxline.shared.keys import Keys, cancel_tokens
@@ -121,14 +122,15 @@ class CancelListener:
             await self._client.aclose()
 
     async def _loop(self) -> None:
-        delay = _FIRST_RETRY
+        # Resubscribe delays after a failure: quick after a blip, gentle during an outage.
+        backoff = Backoff(0.05, cap=2.0)
         while True:
             try:
                 if self._pubsub is None:
                     await self._subscribe()
                     # Notices published while unsubscribed are gone: ask the cancel sets.
                     await self._recheck()
-                    delay = _FIRST_RETRY
+                    backoff.reset()
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=5.0
                 )
@@ -136,20 +138,15 @@ class CancelListener:
                 raise
             except Exception as exc:
                 metrics.redis_error("cancel_listener")
+                delay = backoff.next()
                 log.warning("cancel channel lost (%s); resubscribing in %.2fs", exc, delay)
                 with contextlib.suppress(Exception):
                     await self._pubsub.aclose()
                 self._pubsub = None
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _LAST_RETRY)
                 continue
             if message is not None and message["type"] == "message":
                 try:
                     self._in_flight.apply(Cancel.unpack(message["data"]))
                 except Exception:
                     log.exception("bad cancel notice")
-
-
-# Resubscribe delays after a failure: quick after a blip, gentle during an outage.
-_FIRST_RETRY = 0.05
-_LAST_RETRY = 2.0

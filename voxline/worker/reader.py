@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import ResponseError
 
 from voxline.shared import metrics
+from voxline.shared.backoff import Backoff
 from voxline.shared.config import Settings
 from voxline.shared.connections import TRANSIENT_ERRORS, Client
 from voxline.shared.keys import JobShard, Keys
@@ -28,22 +29,6 @@ log = logging.getLogger("voxline.worker")
 # Upper bound of one blocking read; a job wakes the read at once, this only bounds how long
 # a stop request waits.
 BLOCK_MS = 5000
-
-
-class _Backoff:
-    """Exponential reconnect delays: quick after a blip, gentle on an outage."""
-
-    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
-        self._first, self._cap = first, cap
-        self._delay = first
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(delay * 2, self._cap)
-        return delay
-
-    def reset(self) -> None:
-        self._delay = self._first
 
 
 class JobReader:
@@ -89,7 +74,7 @@ class JobReader:
             await stop(*tasks)
 
     async def _read_shard(self, reader: Client, shard: JobShard) -> None:
-        backoff = _Backoff()
+        backoff = Backoff(0.05, cap=2.0)  # quick after a blip, gentle on an outage
         claim_every = max(self._settings.claim_idle / 2, 0.05)
         while not self._stopping:
             _honour_cancel()
@@ -117,7 +102,7 @@ class JobReader:
         real-time sentence wants it: such a slot is offered to the real-time streams first
         (without waiting), and only when they are empty does this wait on the batch stream.
         Claims of abandoned batch jobs ride the real-time reader's claims."""
-        backoff = _Backoff()
+        backoff = Backoff(0.05, cap=2.0)  # quick after a blip, gentle on an outage
         while not self._stopping:
             _honour_cancel()
             want = await self._slots.wait_free(self._slots.batch_room)
@@ -139,7 +124,7 @@ class JobReader:
         return _deliveries(await read_group(reader, self._id, batch, count=want, block=BLOCK_MS))
 
     async def _attempt_read(
-        self, shard: JobShard, backoff: _Backoff, read: Awaitable[list[Delivery]]
+        self, shard: JobShard, backoff: Backoff, read: Awaitable[list[Delivery]]
     ) -> list[Delivery]:
         """One read of a shard; nothing (after a back-off) when Redis failed it."""
         try:
@@ -226,7 +211,8 @@ class JobReader:
         if batch:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for delivery in batch:
-                    pipe.xadd(shard.batch, delivery.fields)
+                    # redis-py's Dict[FieldT, EncodableT] is invariant: dict[bytes, bytes] fails.
+                    pipe.xadd(shard.batch, delivery.fields)  # type: ignore[arg-type]
                 moved = list(zip(batch, await pipe.execute(), strict=True))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for delivery, entry_id in moved:
@@ -236,7 +222,7 @@ class JobReader:
         async with self._redis.pipeline(transaction=True) as pipe:
             for delivery in surplus:
                 if delivery.stream != shard.batch:
-                    pipe.xadd(shard.first, delivery.fields)
+                    pipe.xadd(shard.first, delivery.fields)  # type: ignore[arg-type]  # as above
                 acknowledge_in(pipe, delivery)
             await pipe.execute()
 

@@ -80,8 +80,14 @@ class Recovery:
             )
             owned = {p["message_id"] for p in pending} & ids
             if owned:
+                # redis-py's list[StreamIdT] is invariant: a list of one of its members fails.
                 await self._redis.xclaim(
-                    stream, JOBS_GROUP, self._id, 0, sorted(owned), justid=True
+                    stream,
+                    JOBS_GROUP,
+                    self._id,
+                    0,
+                    sorted(owned),  # type: ignore[arg-type]
+                    justid=True,
                 )
             lost |= {(stream, entry_id) for entry_id in ids - owned}
         return lost
@@ -170,7 +176,8 @@ class Recovery:
             pipe.xadd(
                 self._keys.dead_letters,
                 {
-                    **fields,
+                    # redis-py's Dict[FieldT, EncodableT] is invariant: dict[bytes, bytes] fails.
+                    **fields,  # type: ignore[dict-item]
                     b"stream": delivery.stream,
                     b"entry": entry_id,
                     b"deliveries": attempt - 1,

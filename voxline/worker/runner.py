@@ -24,7 +24,7 @@ from voxline.worker.publisher import Outbox, SentencePublisher
 from voxline.worker.recovery import Delivery, Recovery, acknowledge_in
 from voxline.worker.registry import Registration
 from voxline.worker.sinks import BatchSink, RealtimeSink
-from voxline.worker.slots import Held, Slots
+from voxline.worker.slots import EntryKey, Held, Slots
 from voxline.worker.synthesis import Stopped, synthesize
 
 log = logging.getLogger("voxline.worker")
@@ -63,7 +63,11 @@ class JobRunner:
             held = Held(batch=delivery.stream in self._batch_streams)
             self._slots.hold(key, held)
             held.task = asyncio.create_task(self._process(delivery, held))
-            held.task.add_done_callback(lambda _t, k=key: self._slots.release(k))
+
+            def release(_task: asyncio.Task[None], key: EntryKey = key) -> None:
+                self._slots.release(key)
+
+            held.task.add_done_callback(release)
 
     async def drain(self, grace: float) -> None:
         tasks = [h.task for h in self._slots.jobs.values() if h.task is not None]

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from voxline.shared import metrics
+from voxline.shared.backoff import Backoff
 
 # Called with (channel, payload) for every message on a subscribed channel.
 Deliver = Callable[[bytes, bytes], None]
@@ -83,12 +84,12 @@ async def read_forever(
     """Read a pub/sub connection until cancelled: `handle` each message; ping the connection
     when quiet; on an error call `failed(exc, delay)`, wait `delay` (doubling up to 2 s) and
     read on — redis-py reconnects and subscribes everything again on the next read."""
-    backoff = 0.05
+    backoff = Backoff(0.05, cap=2.0)
     liveness = Liveness(asyncio.get_running_loop().time)
     while True:
         try:
             message = await pubsub.get_message(timeout=PING_AFTER)
-            backoff = 0.05
+            backoff.reset()
             if message is None:
                 await check(pubsub, liveness)
                 continue
@@ -98,8 +99,8 @@ async def read_forever(
         except Exception as exc:
             metrics.redis_error("return_path")
             liveness.heard()  # a fresh connection is tried next
-            failed(exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            delay = backoff.next()
+            failed(exc, delay)
+            await asyncio.sleep(delay)
             continue
         handle(message)

@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -29,7 +31,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 
 from voxline.api.subscribers.base import Deliver, Lost, read_forever
-from voxline.shared.connections import connect, connect_node, pubsub
+from voxline.shared.connections import connect, connect_node, primary_of, pubsub
 from voxline.shared.keys import Keys
 from voxline.shared.tasks import stop
 
@@ -107,6 +109,7 @@ class ShardedSubscriber:
             node = self._nodes.get(owner.name)
             if node is not None:
                 return node
+            assert isinstance(owner.port, int)  # the slot map's nodes (redis-py: str | int)
             client = connect_node(self._url, owner.host, owner.port, blocking=True)
             node = _Node(owner.name, client, pubsub(client))
             try:
@@ -139,7 +142,7 @@ class ShardedSubscriber:
             self.connected.clear()
 
     async def _subscribe_on_owner(self, channel: bytes) -> None:
-        node = await self._node(self._cluster.get_node_from_key(channel))
+        node = await self._node(primary_of(self._cluster, channel))
         self._owner[channel] = node.name
         node.channels.add(channel)
         await node.pubsub.ssubscribe(channel)
@@ -185,8 +188,8 @@ class ShardedSubscriber:
         with contextlib.suppress(RedisError, OSError):
             await node.pubsub.sunsubscribe(channel)
 
-    def _spawn(self, work: object) -> None:
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -210,13 +213,13 @@ class ShardedSubscriber:
                 pending = {
                     c: old
                     for c, old in (moved_from or {}).items()
-                    if self._owner.get(c) == old and self._cluster.get_node_from_key(c).name == old
+                    if self._owner.get(c) == old and primary_of(self._cluster, c).name == old
                 }
                 if not pending or loop.time() > deadline:
                     break
                 await asyncio.sleep(0.05)
             for channel, name in list(self._owner.items()):
-                owner = self._cluster.get_node_from_key(channel)
+                owner = primary_of(self._cluster, channel)
                 if owner.name == name and channel not in (moved_from or {}):
                     continue
                 old = self._nodes.get(name)

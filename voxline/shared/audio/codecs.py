@@ -120,6 +120,13 @@ class _OggStream:
 # --- stream framings ------------------------------------------------------------------------
 
 
+def _packet_end(packet: av.Packet) -> int:
+    """Where an encoded packet's samples end (PyAV types both fields Optional; an encoder's
+    packets carry them)."""
+    assert packet.pts is not None and packet.duration is not None
+    return packet.pts + packet.duration
+
+
 class _Framing:
     """How encoder packets go on the wire. This base is MP3's: its frames self-delimit."""
 
@@ -182,7 +189,7 @@ class _OggOpus(_Framing):
         return self._ogg.pages([(self._head, 0)], _OggStream.BOS) + self._ogg.pages([(tags, 0)])
 
     def wrap(self, packets: list[av.Packet], flags: int = 0, end: int | None = None) -> bytes:
-        paged = [(bytes(p), self._granule(p.pts + p.duration)) for p in packets]
+        paged = [(bytes(p), self._granule(_packet_end(p))) for p in packets]
         if end is not None:
             # End trimming: the last granule drops the padding, but never below the page
             # before (granules do not go back; that audio is out already).
@@ -206,6 +213,7 @@ _FRAMINGS: dict[str, type[_Framing]] = {
 def _open_encoder(fmt: str, rate: int, *, stream: bool) -> av.AudioCodecContext:
     codec = _CODECS[fmt]
     ctx = av.CodecContext.create(codec.encoder, "w")
+    assert isinstance(ctx, av.AudioCodecContext)  # an audio encoder's
     _configure(ctx, fmt, rate, stream=stream)
     ctx.open()
     return ctx
@@ -286,7 +294,7 @@ class _CodecStream:
         self._pts += len(samples)
         packets = self._ctx.encode(frame)
         if packets:
-            self._covered = packets[-1].pts + packets[-1].duration
+            self._covered = _packet_end(packets[-1])
         return packets
 
     def _drain(self) -> tuple[list[av.Packet], int]:
@@ -385,6 +393,7 @@ def encode_file(fmt: str, pcm: bytes, rate: int) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=codec.container, container_options=codec.file_options) as out:
         stream = out.add_stream(codec.encoder, rate=rate)
+        assert isinstance(stream, av.AudioStream)  # an audio encoder's
         _configure(stream.codec_context, fmt, rate, stream=False)
         out.start_encoding()  # the header, even with no audio to mux
         if samples.size:

@@ -5,14 +5,19 @@ An engine is found, in this order: among voxline's own (`ENGINES`); among the in
 packages' entry points in the `voxline.engines` group (a third party's package declares
 `[project.entry-points."voxline.engines"] my-tts = "my_pkg.engine:MyEngine"`); or as
 `module:Class` named directly (`--engine my_pkg.engine:MyEngine`). Either way the class must
-be an `Engine`."""
+be an `Engine`; its options are the fields of its `Options` model (engines/options.py), each
+given as `--engine-opt NAME=VALUE` or else read from VOXLINE_ENGINE_<NAME>."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 
+from pydantic import BaseModel
+
 from voxline.worker.engines.base import Engine
+from voxline.worker.engines.options import parse_options
 
 ENTRY_POINT_GROUP = "voxline.engines"
 
@@ -26,25 +31,26 @@ ENGINES: dict[str, str] = {
 }
 
 
-def load_engine(name: str, options: dict[str, str] | None = None) -> Engine:
-    """Instantiate the engine `name` with its `--engine-opt` options (strings).
+def load_engine(name: str, options: Mapping[str, object] | None = None) -> Engine:
+    """Instantiate the engine `name` with its `--engine-opt` options (strings, or typed
+    values), the ones not given read from VOXLINE_ENGINE_<OPTION> (engines/options.py).
 
-    Raises ValueError for an unknown engine or option, listing the valid ones.
+    Raises ValueError for an unknown engine or option, listing the valid ones, and for a
+    value the engine's `Options` model refuses, saying what it allows.
     """
     cls = engine_class(name)
-    kwargs = {}
-    for key, raw in (options or {}).items():
-        parse = cls.OPTIONS.get(key)
-        if parse is None:
-            valid = ", ".join(sorted(cls.OPTIONS)) or "none"
-            raise ValueError(f"engine {name!r} has no option {key!r}; valid options: {valid}")
-        try:
-            kwargs[key] = parse(raw)
-        except ValueError as exc:
-            raise ValueError(f"engine {name!r} option {key}={raw!r}: {exc}") from None
+    if getattr(cls, "OPTIONS", None):
+        # The old declaration (a dict of string parsers): refused, not silently ignored.
+        raise ValueError(
+            f"engine {name!r} declares OPTIONS parsers, which voxline no longer reads; declare "
+            "a pydantic model as `Options` instead (voxline/worker/engines/options.py)"
+        )
+    if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):
+        raise ValueError(f"engine {name!r}: its Options is not a pydantic model")
+    parsed = parse_options(name, cls.Options, options or {})
     try:
-        return cls(**kwargs)
-    except ValueError as exc:
+        return cls.from_options(parsed)
+    except ValueError as exc:  # what only the engine can check (a CUDA device, say)
         raise ValueError(f"engine {name!r}: {exc}") from None
 
 

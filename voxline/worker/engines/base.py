@@ -8,13 +8,15 @@ import re
 import threading
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from voxline.shared.capabilities import EngineInfo
+from voxline.worker.engines.options import EngineOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +136,16 @@ class Engine(ABC):
     """
 
     info: EngineInfo
-    # `--engine-opt key=value` options: name -> parser of the string value (raises ValueError).
-    # The constructor takes the parsed values as keyword arguments and checks their ranges.
-    OPTIONS: ClassVar[dict[str, Callable[[str], Any]]] = {}
+    # The engine's options (`--engine-opt key=value`, or VOXLINE_ENGINE_<KEY>): a pydantic
+    # model whose fields are the option names, with their types, defaults and limits. The
+    # worker validates them once (engines/options.py) and hands them to `from_options`.
+    Options: ClassVar[type[BaseModel]] = EngineOptions
+
+    @classmethod
+    def from_options(cls, options: BaseModel) -> Self:
+        """The engine built from its validated options: by default each field is a keyword
+        argument of the constructor (whose defaults match the model's)."""
+        return cls(**dict(options))
 
     async def start(self) -> None:  # noqa: B027 (an optional hook: no-op by default)
         """Load libraries or models; called once per process before any synthesis."""
@@ -152,7 +161,7 @@ class Engine(ABC):
     @abstractmethod
     def synthesize(
         self, request: SynthesisRequest, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]: ...
+    ) -> AsyncGenerator[AudioChunk, None]: ...
 
 
 _TOKEN = re.compile(r"\S+")

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
+from pydantic import Field
 
 from voxline.shared.capabilities import EngineInfo
 from voxline.worker.engines.base import (
@@ -25,6 +26,7 @@ from voxline.worker.engines.base import (
     Word,
     split_words,
 )
+from voxline.worker.engines.options import EngineOptions
 
 VOICES = {"tone-low": 220.0, "tone-mid": 440.0, "tone-high": 880.0}
 DEFAULT_VOICE = "tone-mid"
@@ -34,37 +36,25 @@ FADE_MS = 5  # ramps at both ends so sentences join without clicks
 STAMP_BYTES = 8  # `stamp`: a chunk's first 8 bytes are time.monotonic_ns() at its generation
 
 
-def _finite(raw: str) -> float:
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
-def _nonempty(raw: str) -> str:
-    if not raw:
-        raise ValueError("must not be empty")
-    return raw
-
-
-def _flag(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+class ToneOptions(EngineOptions):
+    sample_rate: int = Field(24000, ge=8000, le=192000)
+    """Output sample rate, Hz."""
+    chunk_ms: int = Field(40, gt=0)
+    """Audio per chunk, ms."""
+    ms_per_char: float = Field(60.0, gt=0)
+    """Audio per character of text at speed 1, ms."""
+    rtf: float = Field(0.0, ge=0)
+    """Real-time factor the chunks are paced at (1.0: as fast as they play; 0: at once)."""
+    fail_on: str | None = Field(None, min_length=1)
+    """Fail a sentence whose text contains this, after its first chunk (fault injection)."""
+    device_ms: float = Field(0.0, ge=0)
+    """Time every chunk holds the engine's one simulated accelerator, ms (0: none)."""
+    stamp: bool = False
+    """Stamp each chunk's first 8 bytes with time.monotonic_ns() at its generation."""
 
 
 class ToneEngine(Engine):
-    OPTIONS = {
-        "sample_rate": int,
-        "chunk_ms": int,
-        "ms_per_char": _finite,
-        "rtf": _finite,
-        "fail_on": _nonempty,
-        "device_ms": _finite,
-        "stamp": _flag,
-    }
+    Options = ToneOptions
 
     def __init__(
         self,
@@ -77,16 +67,6 @@ class ToneEngine(Engine):
         device_ms: float = 0.0,
         stamp: bool = False,
     ) -> None:
-        if not 8000 <= sample_rate <= 192000:
-            raise ValueError(f"sample_rate must be 8000..192000, got {sample_rate}")
-        if chunk_ms <= 0:
-            raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
-        if ms_per_char <= 0:
-            raise ValueError(f"ms_per_char must be positive, got {ms_per_char}")
-        if rtf < 0:
-            raise ValueError(f"rtf must be >= 0, got {rtf}")
-        if device_ms < 0:
-            raise ValueError(f"device_ms must be >= 0, got {device_ms}")
         self.chunk_ms = chunk_ms
         self.chunk_samples = max(1, sample_rate * chunk_ms // 1000)
         self.ms_per_char = ms_per_char
@@ -162,7 +142,7 @@ class ToneEngine(Engine):
 
     async def synthesize(
         self, request: SynthesisRequest, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         freq = self._check(request)
         total = self.duration_samples(request.text, request.speed)
         words = self._words(request.text, total) if request.word_timestamps else []

@@ -40,13 +40,14 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from voxline.shared.capabilities import EngineInfo
 from voxline.worker.engines.base import (
@@ -63,6 +64,7 @@ from voxline.worker.engines.checkpoints import (
     offline,
     resolve_device,
 )
+from voxline.worker.engines.options import EngineOptions
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +75,6 @@ DEFAULT_MODEL = "facebook/mms-tts-eng"
 DEFAULT_VOICE = "default"
 CHUNK_MS = 100
 SPEED_RANGE = (0.25, 4.0)
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _MMS_LANGUAGE = re.compile(r"mms-tts-([a-z]{3}\S*)$")
 _NON_ROMAN = re.compile(r"[^\x00-\x7f]")
@@ -393,19 +394,30 @@ class _Request:
         return self.cancel.is_set() or self.future.done()
 
 
-class VitsEngine(Engine):
-    """Options: `model` (hub id or checkpoint directory), `device` (auto: cuda if available),
-    `dtype` (auto: float32), `threads` (torch CPU threads; default: the CPUs this process may
-    use), `max_batch` (requests per forward), `seed` (reseed torch before every forward)."""
+class VitsOptions(EngineOptions):
+    model: str = Field(DEFAULT_MODEL, min_length=1)
+    """Hub id or local checkpoint directory."""
+    device: str = "auto"
+    """auto (cuda when torch sees a GPU, else cpu), cpu, cuda or cuda:N."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """The weights' precision; auto is float32 (see the module's docstring)."""
+    threads: int | None = Field(None, ge=1)
+    """torch CPU threads (default: the CPUs this process may use)."""
+    max_batch: int = Field(8, ge=1)
+    """Requests per forward."""
+    seed: int | None = None
+    """Reseed torch with this before every forward (default: never)."""
 
-    OPTIONS = {
-        "model": str,
-        "device": str,
-        "dtype": str,
-        "threads": int,
-        "max_batch": int,
-        "seed": int,
-    }
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+
+class VitsEngine(Engine):
+    Options = VitsOptions
 
     def __init__(
         self,
@@ -417,17 +429,7 @@ class VitsEngine(Engine):
         max_batch: int = 8,
         seed: int | None = None,
     ) -> None:
-        if not model:
-            raise ValueError("model must not be empty")
-        if not _DEVICE.fullmatch(device):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         threads = available_cpus() if threads is None else threads
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.spec = _Spec(model, device, dtype)
         self.threads = threads
         self.max_batch = max_batch
@@ -519,7 +521,7 @@ class VitsEngine(Engine):
 
     async def synthesize(
         self, request: SynthesisRequest, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         if self._batcher is None:
             raise EngineError("vits engine is not started")
         key = self._check(request)

@@ -44,11 +44,12 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from voxline.shared.capabilities import EngineInfo
 from voxline.worker.engines.base import (
@@ -63,6 +64,7 @@ from voxline.worker.engines.base import (
 from voxline.worker.engines.kokoro.loading import KokoroMissing, load_voices, resolve
 from voxline.worker.engines.kokoro.pace import Pace
 from voxline.worker.engines.kokoro.sessions import Sessions
+from voxline.worker.engines.options import EngineOptions
 
 log = logging.getLogger("voxline.worker.kokoro")
 
@@ -100,13 +102,6 @@ _LANG_OF_PREFIX = {
     "z": "cmn",
 }
 _REQUEST_LANG = {"en": "en-us", "English": "en-us", "en-us": "en-us", "en-gb": "en-gb"}
-
-
-def _positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
 
 
 def _marks(text: str) -> list[tuple[int, int]]:
@@ -195,15 +190,23 @@ def _pcm(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
+class KokoroOptions(EngineOptions):
+    model: str | None = None
+    """A Kokoro .onnx file, or a directory holding one (default: the int8 model from PyPI)."""
+    voices: str | None = None
+    """A voices .bin/.npz file, or a directory holding one (default: the packaged tables)."""
+    streams: int = Field(1, ge=1)
+    """ONNX Runtime sessions run at once, the cores split between them."""
+    threads: int | None = Field(None, ge=1)
+    """Threads per session (default: the cores divided by streams)."""
+    chunk_ms: int = Field(100, ge=1)
+    """Audio per chunk sent, ms."""
+    first_span_chars: int = Field(24, ge=1)
+    """An utterance's first sentence longer than this is cut at its clauses."""
+
+
 class KokoroEngine(Engine):
-    OPTIONS = {
-        "model": str,
-        "voices": str,
-        "streams": _positive,
-        "threads": _positive,
-        "chunk_ms": _positive,
-        "first_span_chars": _positive,
-    }
+    Options = KokoroOptions
 
     def __init__(
         self,
@@ -357,7 +360,7 @@ class KokoroEngine(Engine):
 
     async def synthesize(
         self, request: SynthesisRequest, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         info = self.info
         if request.voice not in info.voices:
             raise EngineError(f"kokoro has no voice {request.voice!r}")
@@ -376,7 +379,7 @@ class KokoroEngine(Engine):
 
     async def _speak(
         self, request: SynthesisRequest, lang: str, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         # The cut is planned at the pace this sentence will get: the sentences in flight
         # take turns on the streams.
         pace = self.pace.shared(self._active / self.streams) if self.pace else None

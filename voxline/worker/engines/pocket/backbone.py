@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PocketTTSForConditionalGeneration
+from transformers.cache_utils import CacheLayerMixin
 
 from voxline.worker.engines.pocket.kv import ATTENTION, Layout, SlotStore, VoicePrefix
 
@@ -34,7 +36,7 @@ class Sampling:
     @classmethod
     def of(cls, model: PocketTTSForConditionalGeneration) -> Sampling:
         config = model.generation_config
-        values = {key: getattr(config, key, None) for key in _DEFAULTS}
+        values: dict[str, Any] = {key: getattr(config, key, None) for key in _DEFAULTS}
         values = {k: v if v is not None else _DEFAULTS[k] for k, v in values.items()}
         return cls(
             do_sample=bool(config.do_sample),
@@ -63,6 +65,12 @@ class Sentence:
     last_latent: torch.Tensor | None = None  # normalised, the next step's input
     generator: torch.Generator = field(default_factory=torch.Generator)
 
+    @property
+    def latent(self) -> torch.Tensor:
+        """`last_latent`, which the sentence's prefill sets (every step after has one)."""
+        assert self.last_latent is not None
+        return self.last_latent
+
 
 class Backbone:
     """Runs prefill and steps for sentences in slots of one `SlotStore`."""
@@ -77,10 +85,12 @@ class Backbone:
         # attention, so setting it on the config (not through the model) is enough.
         model.config._attn_implementation = ATTENTION
         self._padding: list[int] = []  # row count -> rows to run (see tune)
+        kv_heads, head_dim = self.config.num_key_value_heads, self.config.head_dim
+        assert kv_heads is not None and head_dim is not None  # the config fills both in
         self.store = SlotStore(
             layers=self.config.num_hidden_layers,
-            kv_heads=self.config.num_key_value_heads,
-            head_dim=self.config.head_dim,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
             slots=slots,
             dtype=self.dtype,
             device=self.device,
@@ -99,8 +109,14 @@ class Backbone:
             past_key_values=cache,
             use_cache=True,
         )
-        keys = [layer.keys[0].clone() for layer in cache.layers]
-        values = [layer.values[0].clone() for layer in cache.layers]
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        for layer in cache.layers:
+            # An attention layer's, filled by the forward (transformers' type: any layer kind).
+            assert isinstance(layer, CacheLayerMixin)
+            assert layer.keys is not None and layer.values is not None
+            keys.append(layer.keys[0].clone())
+            values.append(layer.values[0].clone())
         return VoicePrefix(keys=keys, values=values, length=int(prefix_ids.shape[0]))
 
     def empty_prefix(self) -> VoicePrefix:
@@ -148,7 +164,7 @@ class Backbone:
         input_ids = torch.full(
             (1, len(rows)), self.config.audio_latent_token_id, device=self.device
         )
-        latents = torch.stack([s.last_latent for s in rows])[None]
+        latents = torch.stack([s.latent for s in rows])[None]
         outputs = self.model(
             input_ids=input_ids,
             audio_latents=latents,

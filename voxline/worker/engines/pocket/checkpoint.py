@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 from safetensors.torch import save_file
@@ -47,7 +48,19 @@ _CORPUS = (
 )
 _ALPHABET = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?;:'\"-() ")
 
-SIZES = {
+
+class Size(TypedDict):
+    """The shapes of one checkpoint size (an entry of SIZES)."""
+
+    vocab: int
+    backbone: dict[str, Any]  # PocketTTSConfig's keyword arguments
+    flow: dict[str, Any]  # its flow head's
+    latent_dim: int
+    codec: dict[str, Any]  # PocketTTSAudioTokenizerConfig's
+    voice_frames: int
+
+
+SIZES: dict[str, Size] = {
     # Small enough for tests to run in milliseconds; every code path of the real one.
     "tiny": {
         "vocab": 160,
@@ -123,7 +136,7 @@ def build_checkpoint(
     directory = Path(directory)
     torch.manual_seed(seed)
     tokenizer = _tokenizer(spec["vocab"])
-    ids = {
+    ids: dict[str, Any] = {  # PocketTTSConfig's keyword arguments
         name.removesuffix("_token") + "_token_id": tokenizer.convert_tokens_to_ids(token)
         for name, token in AUDIO_TOKENS.items()
     }

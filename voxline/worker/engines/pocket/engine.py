@@ -8,9 +8,11 @@ import concurrent.futures
 import itertools
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from voxline.shared.capabilities import EngineInfo
 from voxline.worker.engines.base import (
@@ -20,6 +22,7 @@ from voxline.worker.engines.base import (
     EngineError,
     SynthesisRequest,
 )
+from voxline.worker.engines.options import EngineOptions
 from voxline.worker.engines.pocket.backbone import Backbone
 from voxline.worker.engines.pocket.capacity import CapacityModel
 from voxline.worker.engines.pocket.codec import StreamingDecoder
@@ -36,18 +39,23 @@ from voxline.worker.engines.pocket.voices import Voices
 HONOURED = ("initial_codec_chunk_frames", "max_new_tokens")
 
 
-def _positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def _fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0 < value <= 1:
-        raise ValueError("must be in (0, 1]")
-    return value
+class PocketOptions(EngineOptions):
+    model: str = DEFAULT_MODEL
+    """Hub id or local directory of a transformers-format Pocket TTS checkpoint."""
+    device: str = "auto"
+    """A torch device (auto: cuda when torch sees a GPU, else cpu)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """The backbone's precision (auto: bfloat16 on GPUs and bf16-capable CPUs, else float32)."""
+    threads: int | None = Field(None, ge=1)
+    """torch CPU threads (default: the CPUs this process may use)."""
+    max_slots: int | None = Field(None, ge=1)
+    """Sentences stepped at once (default: 256 on CUDA, else 32)."""
+    first_chunk_frames: int = Field(1, ge=1)
+    """80 ms frames in a sentence's first chunk."""
+    headroom: float = Field(0.85, gt=0, le=1)
+    """Share of a frame's duration one batched step may take: the capacity is sized to it."""
+    seed: int | None = None
+    """First of the per-sentence sampling seeds, counted up (default: random)."""
 
 
 def _dispatch(batch: list[tuple[Stream, object]]) -> None:
@@ -69,16 +77,7 @@ class _Either(Cancellation):
 
 
 class PocketTTSEngine(Engine):
-    OPTIONS = {
-        "model": str,
-        "device": str,
-        "dtype": str,
-        "threads": _positive,
-        "max_slots": _positive,
-        "first_chunk_frames": _positive,
-        "headroom": _fraction,
-        "seed": int,
-    }
+    Options = PocketOptions
 
     def __init__(
         self,
@@ -119,8 +118,12 @@ class PocketTTSEngine(Engine):
             except BaseException as exc:
                 ready.set_exception(exc)
                 return
+            # Held before start() returns: a close() may clear the attribute at once. Its stop
+            # request waits in the scheduler's inbox, so run() then ends at its first turn.
+            scheduler = self.scheduler
+            assert scheduler is not None  # _start() made it
             ready.set_result(None)
-            self.scheduler.run()
+            scheduler.run()
 
         self._thread = threading.Thread(target=main, name="pocket-torch", daemon=True)
         self._thread.start()
@@ -197,7 +200,7 @@ class PocketTTSEngine(Engine):
 
     async def synthesize(
         self, request: SynthesisRequest, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         scheduler = self.scheduler
         if scheduler is None:
             raise EngineError("engine not started")

@@ -13,6 +13,7 @@ is used only when a forward carries a `voxline` layout (otherwise it is plain SD
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -197,14 +198,16 @@ def _attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     voxline: Layout | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     if voxline is None:  # an ordinary forward (generate(), voice prefill): plain SDPA
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return voxline.attend(module.layer_idx, query, key, value, scale), None
+    layer = module.layer_idx  # torch types a module's attributes Tensor | Module
+    assert isinstance(layer, int)
+    return voxline.attend(layer, query, key, value, scale), None
 
 
 AttentionInterface.register(ATTENTION, _attention)

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -138,16 +139,18 @@ def load(model_id: str, device: torch.device, dtype: torch.dtype) -> Loaded:
             f"native pocket-tts checkpoint at {model_id}; "
             f"use a transformers-format one such as {DEFAULT_MODEL}"
         )
-    kwargs = {"local_files_only": local is not None or offline()}
+    kwargs: dict[str, Any] = {"local_files_only": local is not None or offline()}
     try:
         model = PocketTTSForConditionalGeneration.from_pretrained(model_id, dtype=dtype, **kwargs)
         processor = _processor(model_id, local, {**kwargs, "dtype": codec_dtype(device, dtype)})
     except OSError as exc:
         raise _missing(model_id, exc) from exc
-    codec = processor.audio_tokenizer
+    # Set at run time from the processor's `attributes`; transformers declares no such field.
+    codec = processor.audio_tokenizer  # type: ignore[attr-defined]
     if codec is None:
         raise ModelNotFound(f"Pocket TTS model {model_id!r} has no audio tokenizer to decode with")
-    model.to(device).eval()
+    # transformers wraps `to` in functools.wraps, whose type does not bind `self`.
+    model.to(device).eval()  # type: ignore[arg-type]
     codec.to(device).eval()
     voices = local / "voices" if local is not None and (local / "voices").is_dir() else None
     log.info(

@@ -51,6 +51,19 @@ class Stream:
     pending: list[torch.Tensor] = field(default_factory=list)
     chunks: int = 0
 
+    # An admitted stream (in the scheduler's active list) has both its sentence and its codec
+    # state; these say so to the type checker.
+
+    @property
+    def admitted_sentence(self) -> Sentence:
+        assert self.sentence is not None
+        return self.sentence
+
+    @property
+    def admitted_codec(self) -> CodecState:
+        assert self.codec is not None
+        return self.codec
+
 
 @dataclass(frozen=True, slots=True)
 class _Call:
@@ -192,10 +205,10 @@ class Scheduler:
         started = time.perf_counter()
         latents: list[tuple[Stream, torch.Tensor]] = []
         if admitted:
-            out = self.backbone.admit([s.sentence for s in admitted])
+            out = self.backbone.admit([s.admitted_sentence for s in admitted])
             latents += list(zip(admitted, out, strict=True))
         if running:
-            out = self.backbone.step([s.sentence for s in running])
+            out = self.backbone.step([s.admitted_sentence for s in running])
             latents += list(zip(running, out, strict=True))
         backbone_done = time.perf_counter()
         self._decode(latents)
@@ -218,13 +231,13 @@ class Scheduler:
             self._outbox.append((stream, END))
         for stream in [s for s in self._active if s.cancel.is_set()]:
             self._active.remove(stream)
-            self.backbone.release(stream.sentence)
+            self.backbone.release(stream.admitted_sentence)
             self.stats.cancelled += 1
             self._outbox.append((stream, END))
 
     def _admit(self) -> list[Stream]:
         room = min(self.backbone.free_slots, self.max_slots - len(self._active))
-        admitted = []
+        admitted: list[Stream] = []
         while self._waiting and len(admitted) < room:
             stream = self._waiting.pop(0)
             try:
@@ -254,11 +267,11 @@ class Scheduler:
         for stream, latent in latents:
             stream.pending.append(latent)
             want = stream.first_chunk_frames if stream.chunks == 0 else 1
-            if len(stream.pending) >= want or stream.sentence.finished:
+            if len(stream.pending) >= want or stream.admitted_sentence.finished:
                 groups.setdefault(len(stream.pending), []).append(stream)
         for streams in groups.values():
             batch = torch.stack([torch.stack(s.pending) for s in streams])
-            pcm = self.decoder.step(batch, [s.codec for s in streams])
+            pcm = self.decoder.step(batch, [s.admitted_codec for s in streams])
             audio = np.clip(pcm.numpy() * 32767.0, -32768, 32767).astype(np.int16)
             for stream, row in zip(streams, audio, strict=True):
                 stream.pending.clear()
@@ -266,9 +279,9 @@ class Scheduler:
                 self._outbox.append((stream, row))
 
     def _retire(self) -> None:
-        for stream in [s for s in self._active if s.sentence.finished]:
+        for stream in [s for s in self._active if s.admitted_sentence.finished]:
             self._active.remove(stream)
-            self.backbone.release(stream.sentence)
+            self.backbone.release(stream.admitted_sentence)
             self.stats.completed += 1
             self._outbox.append((stream, END))
 

@@ -127,6 +127,8 @@ class Voices:
                 if len(ids) == 0 or latents is None:
                     prefix = self.backbone.empty_prefix() if len(ids) == 0 else None
                 if prefix is None:
+                    # Without latents there is no voice placeholder: `ids` is empty, done above.
+                    assert latents is not None
                     prefix = self.backbone.voice_prefix(ids, latents)
                 self._prefixes[cache_key] = prefix
                 self._trim()

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from pydantic import Field, field_validator
 
 from voxline.shared.capabilities import EngineInfo
 from voxline.worker.engines.base import (
@@ -38,13 +38,13 @@ from voxline.worker.engines.base import (
     EngineUnavailable,
     SynthesisRequest,
 )
+from voxline.worker.engines.options import EngineOptions
 from voxline.worker.engines.upstream.openai import OpenAISpeech
 from voxline.worker.engines.upstream.target import Sentence, Target, error_message
 from voxline.worker.engines.upstream.vllm_omni import VllmOmniStream
 
 log = logging.getLogger("voxline.worker.upstream")
 
-PROTOCOLS = ("openai", "vllm-omni")
 SPEED_RANGE = (0.25, 4.0)  # OpenAI's; an upstream with a narrower one refuses the sentence
 
 
@@ -52,26 +52,6 @@ class _Client(Protocol):
     def speak(self, sentence: Sentence, cancel: Cancellation) -> AsyncIterator[np.ndarray]: ...
 
     async def close(self) -> None: ...
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-def _protocol(raw: str) -> str:
-    if raw not in PROTOCOLS:
-        raise ValueError(f"must be one of {', '.join(PROTOCOLS)}")
-    return raw
 
 
 def parse_voices(raw: str) -> dict[str, str]:
@@ -89,19 +69,50 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+class UpstreamOptions(EngineOptions):
+    url: str | None = None
+    """The upstream's base URL as OpenAI's SDK takes it, e.g. http://tts:8000/v1."""
+    protocol: Literal["openai", "vllm-omni"] | None = None
+    """How to speak to it (default: vllm-omni for a ws:// or wss:// URL, else openai)."""
+    model: str | None = None
+    """The `model` field sent with each sentence (default: none sent)."""
+    voices: dict[str, str] | None = None
+    """`name,name=upstream_name,...` (default: the upstream's GET {url}/audio/voices)."""
+    default_voice: str | None = None
+    """The voice a request without one gets (default: the first voice)."""
+    languages: tuple[str, ...] = ()
+    """Comma-separated languages the upstream speaks (default: only "Auto")."""
+    sample_rate: int = Field(24000, ge=8000, le=48000)
+    """The rate of the pcm the upstream sends, Hz."""
+    concurrency: int = Field(4, ge=1)
+    """Sentences sent at once: the engine's capacity."""
+    timeout: float = Field(10.0, gt=0)
+    """Seconds to connect, and the longest silence within one answer."""
+    api_key_env: str = "VOXLINE_UPSTREAM_API_KEY"
+    """The environment variable holding the upstream's key (never the key itself)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+                raise ValueError(f"must be an http(s):// or ws(s):// URL, got {url!r}")
+        return url
+
+    @field_validator("voices", mode="before")
+    @classmethod
+    def _voices(cls, raw: object) -> object:
+        return parse_voices(raw) if isinstance(raw, str) else raw
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _languages(cls, raw: object) -> object:
+        return _names(raw) if isinstance(raw, str) else raw
+
+
 class UpstreamEngine(Engine):
-    OPTIONS = {
-        "url": str,
-        "protocol": _protocol,
-        "model": str,
-        "voices": parse_voices,
-        "default_voice": str,
-        "languages": _names,
-        "sample_rate": _positive_int,
-        "concurrency": _positive_int,
-        "timeout": _seconds,
-        "api_key_env": str,
-    }
+    Options = UpstreamOptions
 
     def __init__(
         self,
@@ -116,12 +127,6 @@ class UpstreamEngine(Engine):
         timeout: float = 10.0,
         api_key_env: str = "VOXLINE_UPSTREAM_API_KEY",
     ) -> None:
-        if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
-                raise ValueError(f"url must be an http(s):// or ws(s):// URL, got {url!r}")
-        if not 8000 <= sample_rate <= 48000:
-            raise ValueError(f"sample_rate must be 8000..48000, got {sample_rate}")
         self.url = url.rstrip("/") if url else None
         self.protocol = protocol or (
             "vllm-omni" if url and urlsplit(url).scheme in ("ws", "wss") else "openai"
@@ -223,7 +228,7 @@ class UpstreamEngine(Engine):
 
     async def synthesize(
         self, request: SynthesisRequest, cancel: Cancellation
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         info, client = self.info, self._client
         assert client is not None and self.voice_map is not None
         upstream_voice = self.voice_map.get(request.voice)

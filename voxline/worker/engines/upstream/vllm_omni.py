@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -175,7 +175,7 @@ class _Exchange:
         except TimeoutError:
             raise EngineError(f"upstream went silent for {timeout:g} s") from None
 
-    async def audio(self) -> AsyncIterator[np.ndarray]:
+    async def audio(self) -> AsyncGenerator[np.ndarray, None]:
         pcm = PcmAssembler()
         try:
             while not (self.clean or (self.finished and self.cancel.is_set())):
