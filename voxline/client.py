@@ -50,6 +50,7 @@ from voxline.events import (
     Words,
     event_of,
 )
+from voxline.shared import messages
 from voxline.shared.audio.formats import HEADERLESS
 from voxline.shared.protocol import EXTENSIONS, PATH
 
@@ -347,65 +348,77 @@ class Client:
         if isinstance(head, Utterance) and not head.cancelled and self._sentence is not None:
             head._deliver(Audio(data, head.index or 0, self._sentence))
 
-    def _on_message(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        self._last_error = message if kind == "error" else None
-        if kind == "error" and "sentence_index" not in message:
+    def _on_message(self, raw: dict[str, Any]) -> None:
+        try:
+            message = messages.read(raw)
+        except ValueError:  # pydantic's ValidationError: a type (or shape) this SDK predates
+            log.debug("voxline client: ignored %.200r", raw)
+            return
+        self._last_error = raw if isinstance(message, messages.ErrorMessage) else None
+        if isinstance(message, messages.ErrorMessage) and message.sentence_index is None:
             self._on_error(message)
             return
-        if kind == "warning":
-            self.warnings.append(message)
-            log.warning("voxline server: %s", message.get("message"))
+        if isinstance(message, messages.WarningMessage):
+            self.warnings.append(raw)
+            log.warning("voxline server: %s", message.message)
             return
-        if kind not in _UTTERANCE_MESSAGES:
-            log.debug("voxline client: ignored %s", kind)
+        if isinstance(message, messages.SessionReady):
+            log.debug("voxline client: ignored %s", message.type)
             return
         head = self._head()
         if isinstance(head, _ExtraCancel):
-            if kind == "input.cancelled":
+            if isinstance(message, messages.InputCancelled):
                 self._inflight.popleft()
             else:
-                log.warning("voxline client: %s while a cancel's reply was due", kind)
+                log.warning("voxline client: %s while a cancel's reply was due", message.type)
             return
         if head is None:
-            log.warning("voxline client: %s for no utterance in flight", kind)
+            log.warning("voxline client: %s for no utterance in flight", message.type)
             return
-        index = message.get("utterance_index")
+        index = getattr(message, "utterance_index", None)
         if isinstance(index, int):
             if head.index is None:
                 head.index = index
             elif head.index != index:
                 log.warning("voxline client: utterance %s sent for %s", index, head.index)
         number = head.index if head.index is not None else -1
-        if kind in ("session.done", "input.cancelled"):
-            self._finish(head, kind, message, number)
+        if isinstance(message, messages.SessionDone | messages.InputCancelled):
+            self._finish(head, message, number)
             return
-        if kind == "audio.start":
-            self._sentence = message["sentence_index"]
-        elif kind == "audio.done":
+        if isinstance(message, messages.AudioStart):
+            self._sentence = message.sentence_index
+        elif isinstance(message, messages.AudioDone):
             self._sentence = None
         if not head.cancelled:
             head._deliver(event_of(message, number))
 
-    def _finish(self, utt: Utterance, kind: str, message: dict[str, Any], number: int) -> None:
+    def _finish(
+        self,
+        utt: Utterance,
+        message: messages.SessionDone | messages.InputCancelled,
+        number: int,
+    ) -> None:
         self._inflight.popleft()
         self._sentence = None
         utt.finished = True
         if self._open is utt:
             self._open = None  # the server ended it on its own
-        if utt._newest_at_cancel and kind == "session.done":
+        done = isinstance(message, messages.SessionDone)
+        if utt._newest_at_cancel and done:
             # It finished before the server read the cancel, which then found nothing in
             # progress and cancelled a new, empty utterance: its reply comes next.
             self._inflight.appendleft(_ExtraCancel())
-        if kind == "session.done" and not utt.cancelled:
-            utt._deliver(UtteranceDone(number, int(message.get("total_sentences", 0))))
+        if isinstance(message, messages.SessionDone) and not utt.cancelled:
+            utt._deliver(UtteranceDone(number, message.total_sentences))
         else:
-            cancelled = message.get("cancelled_sentences", []) if kind == "input.cancelled" else []
+            cancelled = (
+                message.cancelled_sentences if isinstance(message, messages.InputCancelled) else []
+            )
             utt._deliver(Cancelled(number, tuple(cancelled)))
 
-    def _on_error(self, message: dict[str, Any]) -> None:
+    def _on_error(self, message: messages.ErrorMessage) -> None:
         target = self._open
-        if message.get("code") == "utterance_too_long":
+        if message.code == "utterance_too_long":
             # The server ended the open utterance; more text starts the next one.
             self._open = None
         if target is None:
@@ -413,19 +426,14 @@ class Client:
             target = head if isinstance(head, Utterance) else None
         error = ServerError(
             target.index if target is not None else None,
-            str(message.get("code", "error")),
-            str(message.get("message", "")),
-            message.get("field"),
+            message.code,
+            message.message,
+            message.field,
         )
         if target is not None and not target.cancelled:
             target._deliver(error)
         else:
             log.warning("voxline client: server error %s: %s", error.code, error.message)
-
-
-_UTTERANCE_MESSAGES = frozenset(
-    {"audio.start", "audio.words", "audio.done", "error", "session.done", "input.cancelled"}
-)
 
 
 async def _as_async(text: str | Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxline.shared import messages
+from voxline.shared.messages import Word
+
 
 class VoxlineError(Exception):
     """The server refused something or the connection ended: `code` is the protocol's error
@@ -32,13 +35,6 @@ class VoxlineError(Exception):
             field=message.get("field"),
             close_code=close_code,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    word: str
-    start_ms: int  # from the sentence's first sample
-    end_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,32 +112,29 @@ Event = (
 TERMINAL = (UtteranceDone, Cancelled)
 
 
-def event_of(message: dict[str, Any], utterance: int) -> Event:
+def event_of(parsed: messages.ServerMessage, utterance: int) -> Event:
     """The event of a sentence's message: `audio.start`, `audio.words`, `audio.done`, or an
     `error` with a `sentence_index`."""
-    kind = message["type"]
-    sentence = int(message.get("sentence_index", 0))
-    if kind == "audio.start":
+    if isinstance(parsed, messages.AudioStart):
         return AudioStart(
             utterance,
-            sentence,
-            message.get("sentence_text", ""),
-            message.get("format", ""),
-            int(message.get("sample_rate", 0)),
+            parsed.sentence_index,
+            parsed.sentence_text,
+            parsed.format,
+            parsed.sample_rate,
         )
-    if kind == "audio.words":
-        words = tuple(Word(w["word"], w["start_ms"], w["end_ms"]) for w in message["words"])
-        return Words(utterance, sentence, words)
-    if kind == "audio.done":
+    if isinstance(parsed, messages.AudioWords):
+        return Words(utterance, parsed.sentence_index, tuple(parsed.words))
+    if isinstance(parsed, messages.AudioDone):
         return AudioDone(
             utterance,
-            sentence,
-            int(message.get("total_bytes", 0)),
-            bool(message.get("error")),
-            bool(message.get("cancelled")),
-            message.get("first_byte_ms"),
-            message.get("finish_ms"),
+            parsed.sentence_index,
+            parsed.total_bytes,
+            parsed.error,
+            parsed.cancelled,
+            parsed.first_byte_ms,
+            parsed.finish_ms,
         )
-    return SentenceError(
-        utterance, sentence, str(message.get("code")), str(message.get("message", ""))
-    )
+    if isinstance(parsed, messages.ErrorMessage):
+        return SentenceError(utterance, parsed.sentence_index or 0, parsed.code, parsed.message)
+    raise ValueError(f"{parsed.type} is not a sentence's message")

@@ -36,8 +36,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import redis
 import websockets
@@ -60,6 +62,21 @@ from voxline.shared.protocol import (
 from voxline.shared.wire import Job
 from voxline.speech.splitter import SentenceSplitter
 from voxline.worker.engines.tone import DEFAULT_VOICE, VOICES
+
+# Every JSON frame the server sends must be one of the messages docs/protocol.schema.json lists.
+SCHEMA_FILE = Path(__file__).parents[2] / "docs" / "protocol.schema.json"
+_SERVER_SCHEMA = json.loads(SCHEMA_FILE.read_text())
+_SERVER = jsonschema.Draft202012Validator(
+    {"$defs": _SERVER_SCHEMA["$defs"], **_SERVER_SCHEMA["properties"]["server"]}
+)
+
+
+def server_message(frame: str) -> dict[str, Any]:
+    msg = json.loads(frame)
+    errors = sorted(_SERVER.iter_errors(msg), key=str)
+    assert not errors, f"{msg} breaks the protocol's schema: {errors[0].message}"
+    return msg
+
 
 # Property-based: thousands of frames against a running front end.
 pytestmark = pytest.mark.integration
@@ -425,7 +442,7 @@ class Conversation:
             assert self.current is not None, f"binary frame outside a sentence {self._where()}"
             self.frames.append(frame)
             return
-        msg = json.loads(frame)
+        msg = server_message(frame)
         kind = msg["type"]
         if kind in ("audio.start", "audio.words", "audio.done") or (
             kind == "error" and "sentence_index" in msg
@@ -992,7 +1009,7 @@ async def pipelined(
                 assert current is not None, "binary frame outside a sentence"
                 size += len(data)
                 continue
-            msg = json.loads(data)
+            msg = server_message(data)
             received.append(msg)
             if msg["type"] == "audio.start":
                 assert current is None, f"{msg} inside {current}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -92,3 +94,12 @@ def test_check_rate_names_the_allowed_rates() -> None:
     assert check_rate("flac", 22050) is None and check_rate("pcm", 11025) is None
     assert check_rate("flac", 96000) == "flac encodes at 8000 to 48000 Hz"
     assert "unknown audio format 'ogg'" in (check_rate("ogg", 24000) or "")
+
+
+def test_the_protocols_pages_list_the_tables_formats() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `response_format` |")]
+    assert len(rows) == 3, "the WebSocket's, REST's and the batch jobs' tables"
+    for row in rows:
+        listed = re.findall(r"`([a-z0-9]+)`", row.split("|")[2])
+        assert sorted(listed) == sorted(ALL_FORMATS), row

@@ -121,7 +121,7 @@ async def test_a_session_s_log_lines_name_it(redis_url: str, key_prefix: str) ->
     handler = logging.Handler()
     handler.addFilter(logs.ContextFilter())
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("voxline.api.session")
+    logger = logging.getLogger("voxline.speech.session")
     logger.addHandler(handler)
     try:
         async with start_pipeline(redis_url, key_prefix, engine_options={"fail_on": "boom"}) as p:

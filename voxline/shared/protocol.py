@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from voxline.shared import messages
 from voxline.shared.audio.formats import STREAMABLE, check_rate, default_rate
 from voxline.shared.audio.formats import FormatName as AudioFormat
 
@@ -282,41 +283,33 @@ def parse_client_message(raw: str) -> ClientMessage:
 
 
 # --- server -> client -------------------------------------------------------------------
+# Built from the typed messages (shared/messages.py), so that what is sent is what the schema
+# and the SDK say.
 
 
 def session_ready(
     session_id: str, fmt: str, sample_rate: int, voice: str, engine: str
 ) -> dict[str, Any]:
-    return {
-        "type": "session.ready",
-        "session_id": session_id,
-        "format": fmt,
-        "sample_rate": sample_rate,
-        "voice": voice,
-        "engine": engine,
-    }
+    return messages.SessionReady(
+        session_id=session_id, format=fmt, sample_rate=sample_rate, voice=voice, engine=engine
+    ).wire()
 
 
 def audio_start(
     utterance: int, sentence: int, text: str, fmt: str, sample_rate: int
 ) -> dict[str, Any]:
-    return {
-        "type": "audio.start",
-        "utterance_index": utterance,
-        "sentence_index": sentence,
-        "sentence_text": text,
-        "format": fmt,
-        "sample_rate": sample_rate,
-        "channels": 1,
-    }
+    return messages.AudioStart(
+        utterance_index=utterance,
+        sentence_index=sentence,
+        sentence_text=text,
+        format=fmt,
+        sample_rate=sample_rate,
+    ).wire()
 
 
 def warning(code: str, message: str, *, field: str | None = None) -> dict[str, Any]:
     """Something accepted but not done as asked (an extension: opted-in clients only)."""
-    msg: dict[str, Any] = {"type": "warning", "code": code, "message": message}
-    if field is not None:
-        msg["field"] = field
-    return msg
+    return messages.WarningMessage(code=code, message=message, field=field).wire()
 
 
 def audio_done(
@@ -329,41 +322,31 @@ def audio_done(
     first_byte_ms: float | None = None,
     finish_ms: float | None = None,
 ) -> dict[str, Any]:
-    return {
-        "type": "audio.done",
-        "utterance_index": utterance,
-        "sentence_index": sentence,
-        "total_bytes": total_bytes,
-        "error": error,
-        "cancelled": cancelled,
-        "first_byte_ms": first_byte_ms,
-        "finish_ms": finish_ms,
-    }
+    return messages.AudioDone(
+        utterance_index=utterance,
+        sentence_index=sentence,
+        total_bytes=total_bytes,
+        error=error,
+        cancelled=cancelled,
+        first_byte_ms=first_byte_ms,
+        finish_ms=finish_ms,
+    ).wire()
 
 
 def audio_words(utterance: int, sentence: int, words: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "type": "audio.words",
-        "utterance_index": utterance,
-        "sentence_index": sentence,
-        "words": words,
-    }
+    return messages.AudioWords.model_validate(
+        {"utterance_index": utterance, "sentence_index": sentence, "words": words}
+    ).wire()
 
 
 def session_done(utterance: int, total_sentences: int) -> dict[str, Any]:
-    return {
-        "type": "session.done",
-        "utterance_index": utterance,
-        "total_sentences": total_sentences,
-    }
+    return messages.SessionDone(utterance_index=utterance, total_sentences=total_sentences).wire()
 
 
 def input_cancelled(utterance: int, cancelled_sentences: list[int]) -> dict[str, Any]:
-    return {
-        "type": "input.cancelled",
-        "utterance_index": utterance,
-        "cancelled_sentences": cancelled_sentences,
-    }
+    return messages.InputCancelled(
+        utterance_index=utterance, cancelled_sentences=cancelled_sentences
+    ).wire()
 
 
 def error(
@@ -373,9 +356,6 @@ def error(
     sentence_index: int | None = None,
     field: str | None = None,
 ) -> dict[str, Any]:
-    msg: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
-    if sentence_index is not None:
-        msg["sentence_index"] = sentence_index
-    if field is not None:
-        msg["field"] = field
-    return msg
+    return messages.ErrorMessage(
+        code=str(code), message=message, sentence_index=sentence_index, field=field
+    ).wire()

@@ -16,14 +16,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from voxline.shared.capabilities import EngineInfo
+from voxline.shared.messages import Word
 from voxline.worker.engines.options import EngineOptions
-
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    word: str
-    start_ms: int  # from the sentence's first sample
-    end_ms: int
 
 
 @dataclass(slots=True)
