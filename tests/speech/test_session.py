@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from voxline.shared import messages
 from voxline.shared.capabilities import EngineInfo
 from voxline.shared.config import Settings
 from voxline.shared.wire import Event, EventKind, Job
-from voxline.speech.local import Closed, Frame, LocalTransport
-from voxline.speech.session import SpeechSession
+from voxline.speech.local import Closed, Frame, LocalSpeech
 
 ENGINE = EngineInfo("stand-in", 24000, ("v",), "v")
 
@@ -87,13 +87,16 @@ class _Backend:
 @dataclass
 class _Run:
     backend: _Backend
-    client: LocalTransport
-    session: SpeechSession
+    client: LocalSpeech
+
+    @property
+    def session_id(self) -> str:
+        return self.client.session.id
 
     def worker(self, job: Job, kind: EventKind, seq: int, data: Any = None, attempt: int = 1):
         """A worker's event for `job`, as the return path hands it over."""
         event = Event(kind, job.utterance, job.sentence, seq, data, attempt)
-        self.backend.returns.handlers[self.session.id](event)
+        self.backend.returns.handlers[self.session_id](event)
 
     def speak(self, job: Job, *chunks: bytes, attempt: int = 1, first_seq: int = 0) -> None:
         seq = first_seq
@@ -124,40 +127,38 @@ class _Run:
 async def _session(backend: _Backend | None = None) -> AsyncIterator[_Run]:
     backend = backend or _Backend()
     backend.returns.connected.set()
-    client = LocalTransport()
-    session = SpeechSession(backend, client, extensions=True)  # type: ignore[arg-type]
-    task = asyncio.create_task(session.run())
-    run = _Run(backend, client, session)
+    client = LocalSpeech(backend)  # type: ignore[arg-type]
+    run = _Run(backend, client)
     try:
-        client.send({"type": "session.config", "response_format": "pcm"})
+        client.configure(response_format="pcm")
         ready = await asyncio.wait_for(client.next(), 5)
-        assert isinstance(ready, dict) and ready["type"] == "session.ready", ready
+        assert isinstance(ready, messages.SessionReady), ready
         yield run
     finally:
-        client.disconnect()
-        await asyncio.wait_for(task, 5)
+        await client.aclose()
 
 
-def _is(kind: str) -> Callable[[Frame], bool]:
-    return lambda frame: isinstance(frame, dict) and frame.get("type") == kind
+def _is(kind: type[Any]) -> Callable[[Frame], bool]:
+    return lambda frame: isinstance(frame, kind)
 
 
 def _shape(frames: list[Frame]) -> list[Any]:
     """Frames as (type, sentence) for messages and the bytes themselves for audio."""
     return [
-        f if isinstance(f, bytes | Closed) else (f["type"], f.get("sentence_index")) for f in frames
+        f if isinstance(f, bytes | Closed) else (f.type, getattr(f, "sentence_index", None))
+        for f in frames
     ]
 
 
 async def test_sentences_are_relayed_in_order_whatever_order_workers_finish() -> None:
     async with _session() as run:
-        run.client.send({"type": "input.text", "text": "First one. Second one. "})
-        run.client.send({"type": "input.done"})
+        run.client.feed("First one. Second one. ")
+        run.client.done()
         first, second = await run.jobs(2)
         assert (first.text, second.text) == ("First one.", "Second one.")
         run.speak(second, b"\x02\x02")  # the later sentence's worker is done first
         run.speak(first, b"\x01\x01", b"\x01\x01")
-        frames = await run.frames_until(_is("session.done"))
+        frames = await run.frames_until(_is(messages.SessionDone))
     assert _shape(frames) == [
         ("audio.start", 0),
         b"\x01\x01",
@@ -168,14 +169,14 @@ async def test_sentences_are_relayed_in_order_whatever_order_workers_finish() ->
         ("audio.done", 1),
         ("session.done", None),
     ]
-    done = [f for f in frames if _is("audio.done")(f)]
-    assert [d["total_bytes"] for d in done] == [4, 2]
+    done = [f for f in frames if _is(messages.AudioDone)(f)]
+    assert [d.total_bytes for d in done] == [4, 2]
 
 
 async def test_a_retried_job_plays_the_retry_not_the_dead_workers_audio() -> None:
     async with _session() as run:
-        run.client.send({"type": "input.text", "text": "Held back. Retried here. "})
-        run.client.send({"type": "input.done"})
+        run.client.feed("Held back. Retried here. ")
+        run.client.done()
         first, second = await run.jobs(2)
         # A worker dies part-way through sentence 1 while sentence 0 is still being heard...
         run.worker(second, EventKind.STARTED, 0, "dead")
@@ -183,57 +184,58 @@ async def test_a_retried_job_plays_the_retry_not_the_dead_workers_audio() -> Non
         # ...and another worker's delivery 2 makes it whole.
         run.speak(second, b"\x0b\x0b", attempt=2)
         run.speak(first, b"\x0a\x0a")
-        frames = await run.frames_until(_is("session.done"))
+        frames = await run.frames_until(_is(messages.SessionDone))
     audio = [f for f in frames if isinstance(f, bytes)]
     assert audio == [b"\x0a\x0a", b"\x0b\x0b"]
-    assert not [f for f in frames if _is("error")(f)]
+    assert not [f for f in frames if _is(messages.ErrorMessage)(f)]
 
 
 async def test_a_gap_on_the_return_path_fails_the_sentence_and_stops_its_worker() -> None:
     async with _session() as run:
-        run.client.send({"type": "input.text", "text": "Something is lost. "})
-        run.client.send({"type": "input.done"})
+        run.client.feed("Something is lost. ")
+        run.client.done()
         (job,) = await run.jobs(1)
         run.worker(job, EventKind.STARTED, 0, "w")
         run.worker(job, EventKind.AUDIO, 2, b"\x01\x01")  # message 1 never came
-        frames = await run.frames_until(_is("session.done"))
-    (error,) = [f for f in frames if _is("error")(f)]
-    assert error["code"] == "generation_failed" and "message 1 missing" in error["message"]
-    (done,) = [f for f in frames if _is("audio.done")(f)]
-    assert done["error"] is True
-    assert (run.session.id, [0], 0) in run.backend.queue.cancels, "no worker goes on with it"
+        frames = await run.frames_until(_is(messages.SessionDone))
+    (error,) = [f for f in frames if isinstance(f, messages.ErrorMessage)]
+    assert error.code == "generation_failed" and "message 1 missing" in error.message
+    (done,) = [f for f in frames if isinstance(f, messages.AudioDone)]
+    assert done.error is True
+    assert (run.session_id, [0], 0) in run.backend.queue.cancels, "no worker goes on with it"
 
 
 async def test_nothing_of_a_sentence_follows_the_barge_in() -> None:
     async with _session() as run:
-        run.client.send({"type": "input.text", "text": "Interrupted mid-way. Never heard. "})
+        run.client.feed("Interrupted mid-way. Never heard. ")
         first, second = await run.jobs(2)
         run.worker(first, EventKind.STARTED, 0, "w")
         run.worker(first, EventKind.AUDIO, 1, b"\x01\x01")
         await run.frames_until(lambda f: isinstance(f, bytes))
-        run.client.send({"type": "input.cancel"})
-        frames = await run.frames_until(_is("input.cancelled"))
+        run.client.cancel()
+        frames = await run.frames_until(_is(messages.InputCancelled))
         run.worker(first, EventKind.AUDIO, 2, b"\x02\x02")  # the worker had not heard yet
         run.speak(second, b"\x03\x03")
-        run.client.send({"type": "session.close"})
+        run.client.close()
         after = await run.frames_until(lambda f: isinstance(f, Closed))
     assert _shape(frames) == [("audio.done", 0), ("input.cancelled", None)]
-    assert frames[0]["cancelled"] is True and frames[1]["cancelled_sentences"] == [0, 1]
+    cut, cancelled = frames
+    assert isinstance(cut, messages.AudioDone) and cut.cancelled is True
+    assert isinstance(cancelled, messages.InputCancelled)
+    assert cancelled.cancelled_sentences == [0, 1]
     assert after == [Closed(1000)], "no audio of a cancelled utterance"
-    assert run.backend.queue.cancels[0] == (run.session.id, [0], None)
+    assert run.backend.queue.cancels[0] == (run.session_id, [0], None)
 
 
 async def test_a_session_with_no_worker_is_refused_with_try_again_later() -> None:
     backend = _Backend(pool=_Pool(info=None))
     backend.returns.connected.set()
-    client = LocalTransport()
-    session = SpeechSession(backend, client, extensions=True)  # type: ignore[arg-type]
-    task = asyncio.create_task(session.run())
-    client.send({"type": "session.config"})
-    error = await asyncio.wait_for(client.next(), 5)
-    closed = await asyncio.wait_for(client.next(), 5)
-    await asyncio.wait_for(task, 5)
-    assert isinstance(error, dict) and error["code"] == "overloaded"
+    client = LocalSpeech(backend)  # type: ignore[arg-type]
+    client.configure()
+    frames = [frame async for frame in client]
+    await client.aclose()
+    error, closed = frames
+    assert isinstance(error, messages.ErrorMessage) and error.code == "overloaded"
     assert closed == Closed(1013)
     assert backend.sessions == set(), "a refused session leaves nothing behind"
 
@@ -242,11 +244,10 @@ async def test_a_session_with_no_worker_is_refused_with_try_again_later() -> Non
 async def test_the_first_message_must_configure_the_session(message: dict[str, Any]) -> None:
     backend = _Backend()
     backend.returns.connected.set()
-    client = LocalTransport()
-    task = asyncio.create_task(SpeechSession(backend, client, extensions=True).run())  # type: ignore[arg-type]
-    client.send(message)
+    client = LocalSpeech(backend)  # type: ignore[arg-type]
+    client.transport.send(message)
     error = await asyncio.wait_for(client.next(), 5)
-    assert isinstance(error, dict) and error["code"] == "not_configured"
+    assert isinstance(error, messages.ErrorMessage) and error.code == "not_configured"
     assert await asyncio.wait_for(client.next(), 5) == Closed(1008)
-    await asyncio.wait_for(task, 5)
+    await client.aclose()
     assert backend.queue.jobs == []

@@ -34,13 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from voxline.api.errors import HTTPError, ResponseAborted, documented
 from voxline.api.hub import Hub
 from voxline.api.rest import parse_body, pool_engine, read_body, too_large
+from voxline.shared import messages
 from voxline.shared.audio.codecs import StreamEncoder
 from voxline.shared.audio.formats import MEDIA_TYPES, check_rate, default_rate
 from voxline.shared.audio.wav import wav_bytes
 from voxline.shared.config import Settings
 from voxline.shared.protocol import AudioFormat, ErrorCode
-from voxline.speech.local import Closed, Frame, LocalTransport
-from voxline.speech.session import SpeechSession
+from voxline.speech.local import Closed, Frame, LocalSpeech
 from voxline.speech.splitter import speakable
 
 log = logging.getLogger("voxline.api.speech")
@@ -195,7 +195,6 @@ async def _speak(request: Request, hub: Hub) -> Response:
             param="model",
         )
     config: dict[str, Any] = {
-        "type": "session.config",
         "response_format": "pcm",
         "stream_audio": True,
         "sample_rate": rate,
@@ -208,31 +207,28 @@ async def _speak(request: Request, hub: Hub) -> Response:
         if (value := getattr(req, name)) is not None:
             config[name] = value
 
-    sock = LocalTransport()
-    # The caller here reads voxline's extension messages (session.ready, warning).
-    session = SpeechSession(hub, sock, extensions=True)
-    task = asyncio.create_task(session.run(), name="rest-session")
+    speech = LocalSpeech(hub)
     try:
-        sock.send(config)
-        ready = await sock.next()
-        if not isinstance(ready, dict) or ready.get("type") != "session.ready":
+        speech.configure(**config)
+        ready = await speech.next()
+        if not isinstance(ready, messages.SessionReady):
             raise _refusal(ready)
         for start in range(0, len(req.input), PIECE_CHARS):
-            sock.send({"type": "input.text", "text": req.input[start : start + PIECE_CHARS]})
-        sock.send({"type": "session.close"})  # deliver everything, then close
-        head = await _until_audio(sock)
+            speech.feed(req.input[start : start + PIECE_CHARS])
+        speech.close()  # deliver everything, then close
+        head = await _until_audio(speech)
     except BaseException:
-        await _end(sock, task)
+        await speech.aclose()
         raise
     headers = {"X-Sample-Rate": str(rate), "X-Voxline-Engine": engine.name}
     if fmt == "wav" and not sse and not req.stream:
         # One complete file, its sizes right: the response waits for the last sentence.
-        data = await _whole(request, _stream(sock, task, StreamEncoder("pcm", rate), head))
+        data = await _whole(request, _stream(speech, StreamEncoder("pcm", rate), head))
         if data is None:
             return Response(status_code=499)  # the client left; its work was cancelled
         return Response(wav_bytes(data, rate), media_type=MEDIA_TYPES[fmt], headers=headers)
     # The encoder writes the one header a streamed WAV has (its sizes unknown).
-    stream = _stream(sock, task, StreamEncoder(fmt, rate), head)
+    stream = _stream(speech, StreamEncoder(fmt, rate), head)
     if sse:
         return StreamingResponse(_sse(stream), media_type=SSE, headers=headers)
     return StreamingResponse(stream, media_type=MEDIA_TYPES[fmt], headers=headers)
@@ -264,20 +260,18 @@ _STATUS = {
 
 def _refusal(frame: Frame) -> HTTPError:
     """The session's error message (or its close) as an HTTP error."""
-    if isinstance(frame, dict) and frame.get("type") == "error":
-        code = str(frame.get("code"))
-        return HTTPError(
-            _STATUS.get(code, 500), str(frame.get("message")), code=code, param=frame.get("field")
-        )
+    if isinstance(frame, messages.ErrorMessage):
+        code = frame.code
+        return HTTPError(_STATUS.get(code, 500), frame.message, code=code, param=frame.field)
     return HTTPError(500, "the session ended before any audio", code="internal")
 
 
-async def _until_audio(sock: LocalTransport) -> list[Frame]:
+async def _until_audio(speech: LocalSpeech) -> list[Frame]:
     """Frames up to the first audio or the end; raises when something failed first."""
     head: list[Frame] = []
     while True:
-        frame = await sock.next()
-        if isinstance(frame, dict) and frame.get("type") == "error":
+        frame = await speech.next()
+        if isinstance(frame, messages.ErrorMessage):
             raise _refusal(frame)
         head.append(frame)
         if isinstance(frame, bytes | Closed):
@@ -287,15 +281,14 @@ async def _until_audio(sock: LocalTransport) -> list[Frame]:
 
 
 async def _stream(
-    sock: LocalTransport,
-    task: asyncio.Task[None],
+    speech: LocalSpeech,
     encoder: StreamEncoder,
     head: list[Frame],
 ) -> AsyncGenerator[bytes, None]:
     try:
         pending = list(head)
         while True:
-            frame = pending.pop(0) if pending else await sock.next()
+            frame = pending.pop(0) if pending else await speech.next()
             if isinstance(frame, bytes):
                 out = encoder.encode(frame)
             elif isinstance(frame, Closed):
@@ -304,17 +297,17 @@ async def _stream(
                 if out := encoder.close():
                     yield out
                 return
-            elif frame.get("type") == "audio.done":
+            elif isinstance(frame, messages.AudioDone):
                 # The sentence is complete: drain the encoder so it is all heard now.
                 out = encoder.end_sentence()
-            elif frame.get("type") == "error":
-                raise ResponseAborted(str(frame.get("message")))
+            elif isinstance(frame, messages.ErrorMessage):
+                raise ResponseAborted(frame.message)
             else:
                 continue
             if out:
                 yield out
     finally:
-        await _end(sock, task)
+        await speech.aclose()
 
 
 async def _whole(request: Request, stream: AsyncGenerator[bytes, None]) -> bytes | None:
@@ -356,12 +349,3 @@ async def _sse(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield b"data: " + json.dumps(delta).encode() + b"\n\n"
     done = {"type": "speech.audio.done", "audio_bytes": total}
     yield b"data: " + json.dumps(done).encode() + b"\n\n"
-
-
-async def _end(sock: LocalTransport, task: asyncio.Task[None]) -> None:
-    """Stop the session (a no-op once it closed): its outstanding work is cancelled."""
-    if not task.done():
-        sock.disconnect()
-        await asyncio.wait({task}, timeout=10)
-        if not task.done():
-            log.warning("a REST session did not end within 10 s of its request")
