@@ -11,7 +11,7 @@ import redis
 
 from tests.harness import REDIS_URL, Pipeline, start_pipeline
 from tests.redis_servers import RedisBinaryMissing, RedisClusterNodes, RedisServer
-from voxline.shared.connections import drop_memory_server
+from voxline.shared.embedded_redis import drop_server as drop_memory_server
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -50,7 +50,7 @@ from tests.conftest import real_redis_or_fail
 from tests.harness import REDIS_URL, Client, Pipeline, start_pipeline
 from voxline.shared.audio.formats import ALL_FORMATS, check_rate, default_rate
 from voxline.shared.capabilities import EngineInfo
-from voxline.shared.connections import drop_memory_server
+from voxline.shared.embedded_redis import drop_server as drop_memory_server
 from voxline.shared.protocol import (
     EXTENSIONS,
     PCM_RATE,

@@ -10,7 +10,8 @@ import pytest
 
 from voxline.api.pool import WorkerPool
 from voxline.shared.capabilities import EngineInfo
-from voxline.shared.connections import connect, drop_memory_server
+from voxline.shared.connections import connect
+from voxline.shared.embedded_redis import drop_server as drop_memory_server
 from voxline.shared.keys import Keys
 from voxline.shared.voice_aliases import (
     DEFAULTS,

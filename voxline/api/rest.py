@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from voxline.api.errors import HTTPError, redis_unreachable
 from voxline.api.hub import Hub
 from voxline.shared.capabilities import EngineInfo
+from voxline.speech.admission import Refusal, refusal
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -68,19 +69,22 @@ def too_large(max_chars: int) -> HTTPError:
 
 
 async def pool_engine(hub: Hub, *, refuse_busy: bool = True) -> EngineInfo:
-    """The pool's engine; 503 when nothing can serve, and (`refuse_busy`) 429 when everything
-    is busy."""
-    if hub.draining:
-        raise HTTPError(503, "the server is shutting down", code="unavailable")
-    if not hub.returns.connected.is_set():
-        raise redis_unreachable()
+    """The pool's engine, once the request is admitted (speech/admission.py: the same rules as
+    a WebSocket session's, as HTTP statuses); 503 when no worker can serve. `refuse_busy`:
+    429 when everything is busy (batch jobs wait instead, and hold no session here)."""
+    refused = await refusal(hub, busy=refuse_busy, session=refuse_busy)
+    if refused is not None:
+        if refused.reason is Refusal.DRAINING:
+            raise HTTPError(503, refused.message, code="unavailable")
+        if refused.reason is Refusal.UNAVAILABLE:
+            raise redis_unreachable()
+        if refused.reason is Refusal.BUSY:
+            raise HTTPError(429, refused.message, code="overloaded")
+        raise HTTPError(503, refused.message, code="overloaded")
     try:
         engine, _ = await hub.pool.engine()
-        busy = await hub.overloaded() if engine is not None and refuse_busy else None
     except (RedisError, OSError):
         raise redis_unreachable() from None
     if engine is None:
         raise HTTPError(503, "no TTS worker is alive; try again later", code="no_worker")
-    if busy is not None:
-        raise HTTPError(429, busy, code="overloaded")
     return engine

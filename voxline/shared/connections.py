@@ -41,8 +41,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisClusterException,  # slot not covered yet, the slot map unreadable
 )
 
-_memory_servers: dict[str, Any] = {}
-
 
 def is_memory(url: str) -> bool:
     return url.startswith(MEMORY_SCHEME)
@@ -72,7 +70,9 @@ def connect(url: str, *, blocking: bool = False) -> Client:
     `socket_timeout`; those callers bound their waits themselves.
     """
     if is_memory(url):
-        return _memory_client(url[len(MEMORY_SCHEME) :] or "default")
+        from voxline.shared import embedded_redis  # fakeredis: loaded only where it is used
+
+        return embedded_redis.client(url[len(MEMORY_SCHEME) :] or "default")
     if is_cluster(url):
         return _cluster_client(url, blocking)
     # One quick retry on a dropped connection: after a Redis restart every pooled connection
@@ -193,40 +193,3 @@ def _cluster_client(url: str, blocking: bool) -> RedisCluster:
     # RedisCluster has no retry_on_timeout: on ConnectionError/TimeoutError it re-reads the
     # slot map and retries (cluster_error_retry_attempts), which is how it follows a failover.
     return RedisCluster(**parse_cluster_url(url), **_timeouts(blocking))
-
-
-def _memory_client(name: str) -> aioredis.Redis:
-    import fakeredis
-    import fakeredis.aioredis
-
-    _patch_fakeredis_blocking_xreadgroup()
-    server = _memory_servers.get(name)
-    if server is None:
-        server = _memory_servers[name] = fakeredis.FakeServer()
-    return fakeredis.aioredis.FakeRedis(server=server)
-
-
-def drop_memory_server(name: str = "default") -> None:
-    """Forget an in-memory server (tests start each run from an empty one)."""
-    _memory_servers.pop(name, None)
-
-
-_patched = False
-
-
-def _patch_fakeredis_blocking_xreadgroup() -> None:
-    # fakeredis answers `XREADGROUP COUNT n BLOCK ms` at once with an empty reply instead of
-    # blocking (it only blocks without COUNT), which would turn every worker's blocking read
-    # into a busy loop. An empty result must mean "keep waiting", as on a real server.
-    global _patched
-    if _patched:
-        return
-    from fakeredis.commands_mixins.streams_mixin import StreamsCommandsMixin
-
-    original = StreamsCommandsMixin._xreadgroup
-
-    def _xreadgroup(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return original(self, *args, **kwargs) or None
-
-    StreamsCommandsMixin._xreadgroup = _xreadgroup  # type: ignore[method-assign]
-    _patched = True

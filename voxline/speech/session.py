@@ -32,6 +32,7 @@ from voxline.shared.protocol import (
     SessionConfig,
 )
 from voxline.shared.wire import Event, EventKind, Job
+from voxline.speech.admission import UNAVAILABLE, Refusal, refusal
 from voxline.speech.audio_out import ClientAudio
 from voxline.speech.backend import Backend
 from voxline.speech.splitter import SentenceSplitter
@@ -125,32 +126,17 @@ class SpeechSession:
             self.finished.set()
 
     async def _run(self) -> None:
-        """Admission (decided here, for every transport), then the session."""
-        if self.hub.draining:
-            await self._close(CloseCode.SERVICE_RESTART)
-            return
-        if not self.hub.returns.connected.is_set():
-            await self._refuse(_unavailable())
-            return
-        try:
-            busy = await self.hub.overloaded()
-        except (RedisError, OSError) as exc:
-            metrics.redis_error("session")
-            log.warning("session %s: Redis unreachable (%s); refused", self.id, exc)
-            busy = _unavailable().message
-        if busy is not None:
-            await self._refuse(
-                ProtocolError(ErrorCode.OVERLOADED, busy, close=CloseCode.TRY_AGAIN_LATER)
-            )
-            return
-        if len(self.hub.sessions) >= self.settings.max_sessions:
-            await self._refuse(
-                ProtocolError(
-                    ErrorCode.OVERLOADED,
-                    f"this front end is at its limit of {self.settings.max_sessions} sessions",
-                    close=CloseCode.TRY_AGAIN_LATER,
+        """Admission (speech/admission.py, the same for every door), then the session."""
+        refused = await refusal(self.hub)
+        if refused is not None:
+            if refused.reason is Refusal.DRAINING:
+                await self._close(CloseCode.SERVICE_RESTART)
+            else:
+                await self._refuse(
+                    ProtocolError(
+                        ErrorCode.OVERLOADED, refused.message, close=CloseCode.TRY_AGAIN_LATER
+                    )
                 )
-            )
             return
         self.hub.sessions.add(self)
         metrics.ACTIVE_SESSIONS.inc()
@@ -850,11 +836,7 @@ class SpeechSession:
 
 
 def _unavailable() -> ProtocolError:
-    return ProtocolError(
-        ErrorCode.OVERLOADED,
-        "the service is unavailable (Redis unreachable); try again later",
-        close=CloseCode.TRY_AGAIN_LATER,
-    )
+    return ProtocolError(ErrorCode.OVERLOADED, UNAVAILABLE, close=CloseCode.TRY_AGAIN_LATER)
 
 
 # Outranks every real delivery of a job, so the relay takes it even mid-sentence.
