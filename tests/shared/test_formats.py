@@ -35,6 +35,9 @@ def test_what_each_format_can_do() -> None:
     assert HEADERLESS == ("pcm", "mulaw", "alaw")
     assert not set(HEADERLESS) & set(COMPRESSED)
     assert {f.framing for f in FORMATS.values() if f.compressed} == {"mp3", "ogg", "adts", "flac"}
+    # The compressed ones name their PyAV encoder; the others a worker encodes itself.
+    assert all((f.encoder is not None) == f.compressed for f in FORMATS.values())
+    assert FORMATS["opus"].encoder is not None and FORMATS["opus"].encoder.name == "libopus"
 
 
 def test_file_extensions_are_what_players_expect() -> None:

@@ -15,49 +15,22 @@ import io
 import secrets
 import struct
 import zlib
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from voxline.shared.audio.formats import COMPRESSED, MPEG_RATES, check_rate
+from voxline.shared.audio.formats import COMPRESSED, FORMATS, MPEG_RATES, Encoder, check_rate
 from voxline.shared.audio.g711 import pcm16_to_alaw, pcm16_to_mulaw
 from voxline.shared.audio.wav import wav_bytes, wav_stream_header
 
 _ADTS_RATE_INDEX = {r: i for i, r in enumerate((96000, 88200, 64000, *reversed(MPEG_RATES)))}
 
 
-@dataclass(frozen=True, slots=True)
-class _Codec:
-    encoder: str  # libavcodec encoder
-    sample_fmt: str  # the encoder's input format we feed (int16 where it takes it)
-    container: str  # libavformat muxer, for whole files
-    stream_options: dict[str, str] = field(default_factory=dict)
-    file_options: dict[str, str] = field(default_factory=dict)
-
-    def bit_rate(self, rate: int) -> int:
-        if self.encoder == "flac":
-            return 0
-        if self.encoder == "libopus":
-            return 32000  # transparent for mono speech
-        if self.encoder == "aac":
-            # libavcodec's AAC overshoots by about a third (48k gives ~63 kbps on speech);
-            # at most 6144 bits per 1024-sample frame and channel.
-            return min(48000, 6 * rate)
-        return 64000
-
-
-_CODECS: dict[str, _Codec] = {
-    # No bit reservoir when streaming: with it LAME holds frames back longer, and longer
-    # still as the stream goes on (measured: 48 ms more lag at 24 kHz, 72+ ms at 48 kHz),
-    # which every chunk's latency and every sentence end's padding would pay for.
-    "mp3": _Codec("libmp3lame", "s16p", "mp3", {"reservoir": "0"}, {"id3v2_version": "0"}),
-    "opus": _Codec("libopus", "s16", "ogg"),
-    "aac": _Codec("aac", "fltp", "adts"),
-    # Streams use 20 ms blocks (not libavcodec's ~100 ms): a sentence end pads one at most.
-    "flac": _Codec("flac", "s16", "flac", file_options={"metadata_header_padding": "0"}),
-}
+def _codec(fmt: str) -> Encoder:
+    encoder = FORMATS[fmt].encoder
+    assert encoder is not None, f"{fmt} is not a compressed format"
+    return encoder
 
 
 def _samples(pcm: bytes) -> np.ndarray:
@@ -211,8 +184,8 @@ _FRAMINGS: dict[str, type[_Framing]] = {
 
 
 def _open_encoder(fmt: str, rate: int, *, stream: bool) -> av.AudioCodecContext:
-    codec = _CODECS[fmt]
-    ctx = av.CodecContext.create(codec.encoder, "w")
+    codec = _codec(fmt)
+    ctx = av.CodecContext.create(codec.name, "w")
     assert isinstance(ctx, av.AudioCodecContext)  # an audio encoder's
     _configure(ctx, fmt, rate, stream=stream)
     ctx.open()
@@ -220,7 +193,7 @@ def _open_encoder(fmt: str, rate: int, *, stream: bool) -> av.AudioCodecContext:
 
 
 def _configure(ctx: av.AudioCodecContext, fmt: str, rate: int, *, stream: bool) -> None:
-    codec = _CODECS[fmt]
+    codec = _codec(fmt)
     ctx.sample_rate = rate
     ctx.layout = "mono"
     ctx.format = codec.sample_fmt
@@ -252,7 +225,7 @@ class _CodecStream:
     def __init__(self, fmt: str, rate: int) -> None:
         self.rate = rate
         self._ctx = _open_encoder(fmt, rate, stream=True)
-        self._sample_fmt = _CODECS[fmt].sample_fmt
+        self._sample_fmt = _codec(fmt).sample_fmt
         self._frame_size = self._ctx.frame_size
         self._framing = _FRAMINGS[fmt](self._ctx)
         self._pending = np.zeros(0, dtype=np.int16)  # under one frame
@@ -389,10 +362,10 @@ def encode_file(fmt: str, pcm: bytes, rate: int) -> bytes:
         return pcm16_to_alaw(samples)
     if fmt == "pcm":
         return bytes(pcm)
-    codec = _CODECS[fmt]
+    codec = _codec(fmt)
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=codec.container, container_options=codec.file_options) as out:
-        stream = out.add_stream(codec.encoder, rate=rate)
+        stream = out.add_stream(codec.name, rate=rate)
         assert isinstance(stream, av.AudioStream)  # an audio encoder's
         _configure(stream.codec_context, fmt, rate, stream=False)
         out.start_encoding()  # the header, even with no audio to mux
