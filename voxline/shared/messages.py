@@ -9,7 +9,6 @@ for descriptive ones a peer left out; the schema, made from what the server send
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -25,16 +24,20 @@ class Word:
     end_ms: int
 
 
-def _sent_only_when_set(*names: str) -> Callable[[dict[str, Any]], None]:
-    def edit(schema: dict[str, Any]) -> None:
-        schema["required"] = [n for n in schema.get("required", []) if n not in names]
-
-    return edit
+def _required_as_sent(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """A message that leaves unset fields out (`_OMIT_UNSET`) does not always send those whose
+    default is None: the schema must not require them."""
+    if getattr(model, "_OMIT_UNSET", False):
+        optional = {n for n, f in model.model_fields.items() if f.default is None}
+        schema["required"] = [n for n in schema.get("required", []) if n not in optional]
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(
-        frozen=True, extra="ignore", json_schema_serialization_defaults_required=True
+        frozen=True,
+        extra="ignore",
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_required_as_sent,
     )
     # Optional fields left out of the JSON when unset (others are sent as null).
     _OMIT_UNSET: ClassVar[bool] = False
@@ -108,7 +111,6 @@ class InputCancelled(_Message):
 class WarningMessage(_Message):
     """Something accepted but not done as asked (an extension)."""
 
-    model_config = ConfigDict(json_schema_extra=_sent_only_when_set("field"))
     _OMIT_UNSET: ClassVar[bool] = True
     type: Literal["warning"] = "warning"
     code: str = "warning"
@@ -120,7 +122,6 @@ class ErrorMessage(_Message):
     """The contract's error table: a client mistake, a refusal, or a sentence that failed
     (`sentence_index` set: its audio.done follows and the session goes on)."""
 
-    model_config = ConfigDict(json_schema_extra=_sent_only_when_set("sentence_index", "field"))
     _OMIT_UNSET: ClassVar[bool] = True
     type: Literal["error"] = "error"
     code: str = "error"

@@ -76,7 +76,9 @@ def _raw(name: str, media_type: str, extension: str, default_rate: int | None = 
     return Format(name, media_type, extension, "raw", False, True, default_rate=default_rate)
 
 
-def _codec(name: str, media_type: str, extension: str, framing: Framing, **spec: Any) -> Format:
+def _compressed(
+    name: str, media_type: str, extension: str, framing: Framing, **spec: Any
+) -> Format:
     return Format(name, media_type, extension, framing, True, False, **spec)
 
 
@@ -90,7 +92,7 @@ FORMATS: dict[str, Format] = {
         # No bit reservoir when streaming: with it LAME holds frames back longer, and longer
         # still as the stream goes on (measured: 48 ms more lag at 24 kHz, 72+ ms at 48 kHz),
         # which every chunk's latency and every sentence end's padding would pay for.
-        _codec(
+        _compressed(
             "mp3",
             "audio/mpeg",
             "mp3",
@@ -100,7 +102,7 @@ FORMATS: dict[str, Format] = {
                 "libmp3lame", "s16p", "mp3", {"reservoir": "0"}, {"id3v2_version": "0"}
             ),
         ),
-        _codec(
+        _compressed(
             "opus",
             "audio/ogg",
             "ogg",
@@ -108,7 +110,7 @@ FORMATS: dict[str, Format] = {
             rates=_OPUS_RATES,
             encoder=Encoder("libopus", "s16", "ogg"),
         ),  # Ogg Opus
-        _codec(
+        _compressed(
             "aac",
             "audio/aac",
             "aac",
@@ -117,7 +119,7 @@ FORMATS: dict[str, Format] = {
             encoder=Encoder("aac", "fltp", "adts"),
         ),  # ADTS
         # Streams use 20 ms blocks (not libavcodec's ~100 ms): a sentence end pads one at most.
-        _codec(
+        _compressed(
             "flac",
             "audio/flac",
             "flac",
